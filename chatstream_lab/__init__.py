@@ -1,0 +1,1 @@
+"""chatstream_lab: streaming LLM chat for notebooks, and the same configuration as an endpoint."""
