@@ -107,6 +107,11 @@ class AdmissionGate:
                     return i
             return None
 
+    def waiting_ids(self) -> list[RequestId]:
+        """Waiting ids in queue order (position 1 first)."""
+        with self._lock:
+            return list(self._waiting)
+
     def is_running(self, request_id: RequestId) -> bool:
         with self._lock:
             return request_id in self._running

@@ -101,6 +101,13 @@ class RequestStream:
             with self._cond:
                 self._wakers.remove((loop, flag))
 
+    def _drain(self) -> list[StreamEvent]:
+        """Take every event delivered so far without blocking (for inline driving)."""
+        with self._cond:
+            events = list(self._events)
+            self._events.clear()
+            return events
+
     def result(self, timeout: float | None = None) -> Finished:
         """Block until the request finished (draining events) and return the final event."""
         with self._cond:

@@ -1,0 +1,9 @@
+"""Stage 0 of the data path: models. ``load_model()`` and the scripted stand-in."""
+
+from .byte_tokenizer import ByteTokenizer
+from .loaded import LoadedModel
+from .loader import bundled_model_path, load_model
+from .scripted import ScriptedLM, echo_reply, scripted_model
+
+__all__ = ["ByteTokenizer", "LoadedModel", "ScriptedLM", "bundled_model_path", "echo_reply",
+           "load_model", "scripted_model"]

@@ -1,0 +1,221 @@
+"""Model backends: the only code that runs a forward pass.
+
+A backend keeps the batch of joined rows (one per running request) and answers two questions:
+"here is a prompt, give me the logits after it" (:meth:`prefill`, in chunks, so a long prompt
+does not stall the running streams) and "here is the last token of every row, give me the next
+logits" (:meth:`decode`, ONE forward for the whole batch).
+
+:class:`HFBackend` keeps one batched KV cache with *left padding*: each row has its own real
+length, position ids and attention-mask columns. A finished prompt is prefilled alone (batch 1,
+no padding), then joined by left-padding either side to the same length; a leaving row is
+dropped with ``index_select`` and all-padding columns are trimmed from the left.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+Key = Hashable
+
+
+# -- KV cache access, across transformers versions ------------------------------------------
+def _new_cache(model: Any) -> Any:
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # transformers < 4.56
+        return DynamicCache()
+
+
+def _get_kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache))
+
+
+def _set_kv(cache: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    if hasattr(cache, "layers"):
+        for layer, (k, v) in zip(cache.layers, kv):
+            layer.keys, layer.values = k, v
+    else:
+        cache.key_cache[:] = [k for k, _ in kv]
+        cache.value_cache[:] = [v for _, v in kv]
+
+
+def _pad_left(x: torch.Tensor, n: int, dim_from_end: int) -> torch.Tensor:
+    if n == 0:
+        return x
+    pad = [0, 0] * dim_from_end + [n, 0]
+    return F.pad(x, pad)
+
+
+@dataclass
+class Prefill:
+    """A prompt on its way into the batch."""
+
+    ids: list[int]
+    done: int = 0
+    cache: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.ids) - self.done
+
+
+class HFBackend:
+    """Batched decode over a HuggingFace causal LM with a left-padded shared KV cache."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._device = next(model.parameters()).device
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[Key] = []
+        self._cache: Any = None
+        self._mask: torch.Tensor | None = None  # [B, T] 1 = real token
+        self._next_pos: torch.Tensor | None = None  # [B] position id of the next token
+        self._padded = False
+
+    def _forward(self, ids: torch.Tensor, cache: Any, mask: torch.Tensor | None = None,
+                 pos: torch.Tensor | None = None) -> torch.Tensor:
+        kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
+        if self._keep_kw:
+            kw[self._keep_kw] = 1
+        with torch.inference_mode():
+            out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
+        return out.logits[:, -1, :]
+
+    def start(self, prompt_ids: Sequence[int]) -> Prefill:
+        return Prefill(list(prompt_ids), cache=_new_cache(self._model))
+
+    def prefill(self, pf: Prefill, budget: int) -> torch.Tensor | None:
+        """Run up to ``budget`` prompt tokens; returns the last logits [V] once the prompt is in."""
+        n = min(budget, pf.remaining)
+        chunk = torch.tensor([pf.ids[pf.done:pf.done + n]], dtype=torch.long, device=self._device)
+        logits = self._forward(chunk, pf.cache)
+        pf.done += n
+        return logits[0] if pf.remaining == 0 else None
+
+    def join(self, key: Key, pf: Prefill) -> None:
+        length = len(pf.ids)
+        ones = torch.ones(1, length, dtype=torch.long, device=self._device)
+        pos = torch.tensor([length], dtype=torch.long, device=self._device)
+        if self._cache is None:
+            self._cache, self._mask, self._next_pos = pf.cache, ones, pos
+        else:
+            assert self._mask is not None and self._next_pos is not None
+            t_batch = self._mask.shape[1]
+            t = max(t_batch, length)
+            merged = [
+                (torch.cat([_pad_left(kb, t - t_batch, 1), _pad_left(kn, t - length, 1)]),
+                 torch.cat([_pad_left(vb, t - t_batch, 1), _pad_left(vn, t - length, 1)]))
+                for (kb, vb), (kn, vn) in zip(_get_kv(self._cache), _get_kv(pf.cache))
+            ]
+            _set_kv(self._cache, merged)
+            self._mask = torch.cat([_pad_left(self._mask, t - t_batch, 0), _pad_left(ones, t - length, 0)])
+            self._next_pos = torch.cat([self._next_pos, pos])
+        pf.cache = None
+        self.rows.append(key)
+        self._padded = not bool(self._mask.all())
+
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        """One forward for every joined row (in ``rows`` order); returns logits [B, V]."""
+        assert self._mask is not None and self._next_pos is not None
+        ids = torch.tensor(tokens, dtype=torch.long, device=self._device).view(-1, 1)
+        self._mask = F.pad(self._mask, (0, 1), value=1)
+        if self._padded:
+            logits = self._forward(ids, self._cache, self._mask, self._next_pos.view(-1, 1))
+        else:  # no padding: positions follow the cache length, no mask needed (the fast path)
+            logits = self._forward(ids, self._cache)
+        self._next_pos = self._next_pos + 1
+        return logits
+
+    def leave(self, keys: set[Key]) -> None:
+        keep = [i for i, k in enumerate(self.rows) if k not in keys]
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.reset()
+            return
+        assert self._mask is not None and self._next_pos is not None
+        idx = torch.tensor(keep, dtype=torch.long, device=self._device)
+        mask = self._mask.index_select(0, idx)
+        first = int(mask.any(dim=0).nonzero()[0])  # leading columns that are padding in every row
+        _set_kv(self._cache, [(k.index_select(0, idx)[:, :, first:], v.index_select(0, idx)[:, :, first:])
+                              for k, v in _get_kv(self._cache)])
+        self._mask = mask[:, first:]
+        self._next_pos = self._next_pos.index_select(0, idx)
+        self.rows = [self.rows[i] for i in keep]
+        self._padded = not bool(self._mask.all())
+
+
+class ScriptedBackend:
+    """Backend for :class:`~chatstream_lab.models.ScriptedLM`: logits that spell out a script."""
+
+    def __init__(self, lm: Any, tokenizer: Any) -> None:
+        self._lm = lm
+        self._tok = tokenizer
+        self._vocab = len(tokenizer)
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows: list[Key] = []
+        self._scripts: dict[Key, tuple[list[int], list[int]]] = {}  # key -> (script, [index])
+
+    def _logits_for(self, token: int) -> torch.Tensor:
+        logits = torch.full((self._vocab,), -1e4)
+        logits[token] = 10.0
+        return logits
+
+    def _script_for(self, prompt_ids: Sequence[int]) -> list[int]:
+        reply = self._lm.reply_for(self._tok.decode(list(prompt_ids)))
+        return self._tok.encode(reply, split_special_tokens=True) + [self._tok.eos_token_id]
+
+    def start(self, prompt_ids: Sequence[int]) -> Prefill:
+        return Prefill(list(prompt_ids), extra={"script": self._script_for(prompt_ids)})
+
+    def prefill(self, pf: Prefill, budget: int) -> torch.Tensor | None:
+        pf.done += min(budget, pf.remaining)
+        if pf.remaining:
+            return None
+        return self._logits_for(pf.extra["script"][0])
+
+    def join(self, key: Key, pf: Prefill) -> None:
+        self.rows.append(key)
+        self._scripts[key] = (pf.extra["script"], [0])
+
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor:
+        if self._lm.token_delay:
+            time.sleep(self._lm.token_delay)
+        out = []
+        for key in self.rows:
+            script, index = self._scripts[key]
+            index[0] += 1
+            if self._lm.fail_after is not None and index[0] >= self._lm.fail_after:
+                raise RuntimeError(f"scripted failure after {index[0]} tokens")
+            out.append(self._logits_for(script[min(index[0], len(script) - 1)]))
+        return torch.stack(out)
+
+    def leave(self, keys: set[Key]) -> None:
+        self.rows = [k for k in self.rows if k not in keys]
+        for k in keys:
+            self._scripts.pop(k, None)
+
+
+def make_backend(loaded: Any) -> HFBackend | ScriptedBackend:
+    if loaded.is_scripted:
+        return ScriptedBackend(loaded.model, loaded.tokenizer)
+    return HFBackend(loaded.model)

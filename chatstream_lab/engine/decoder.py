@@ -1,0 +1,256 @@
+"""The generation core: rows in, events out, one batched forward per step.
+
+``BatchDecoder.step()`` reads top to bottom as the phases of one engine step:
+
+1. cancel   - rows whose consumer left are retired (finish reason ``cancelled``)
+2. prefill  - one chunk of the oldest pending prompt (the whole prompt if nothing is decoding,
+              so a single stream never waits); a finished prompt samples its first token and
+              joins the batch
+3. decode   - ONE forward for every joined row, then per-row sampling
+4. retire   - rows that hit EOS / a stop string / max_new_tokens / an error leave the batch
+
+The decoder has no thread and no lock: the engine thread drives it for servers, and
+``stream()`` drives it inline for a single request. It knows nothing of HTTP or sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import SamplingParams
+from ..types import Delta, Finished, FinishReason, RequestId, Usage
+from .backends import Prefill, make_backend
+from .detokenize import Detokenizer, DetokenizerFactory
+from .sampling import make_generator, sample_token
+from .stream import RequestStream
+from .textfilter import TextFilter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Row:
+    """One request inside the decoder."""
+
+    stream: RequestStream
+    prompt_ids: list[int]
+    params: SamplingParams
+    stop_ids: frozenset[int]
+    detok: Detokenizer
+    text_filter: TextFilter
+    generator: torch.Generator | None
+    t_submit: float = field(default_factory=time.perf_counter)
+    t_admit: float = 0.0
+    t_first: float | None = None
+    generated: list[int] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    prefill: Prefill | None = None
+    finished: Finished | None = None
+    _seen: torch.Tensor | None = None
+
+    @property
+    def id(self) -> RequestId:
+        return self.stream.id
+
+    def seen(self) -> torch.Tensor:
+        """Ids the repetition penalty looks at (prompt + reply, as HF does)."""
+        if self._seen is None:
+            self._seen = torch.tensor(self.prompt_ids + self.generated, dtype=torch.long)
+        return self._seen
+
+    def record(self, token: int) -> None:
+        self.generated.append(token)
+        if self._seen is not None:
+            self._seen = torch.cat([self._seen, torch.tensor([token])])
+
+
+RetireFn = Callable[[Row], None]
+
+
+class BatchDecoder:
+    """Owns the backend and the rows; ``step()`` advances every row by at most one token."""
+
+    def __init__(self, loaded: Any, *, on_retire: RetireFn, on_first_token: Callable[[Row], None]
+                 | None = None, prefill_chunk: int = 256) -> None:
+        self.loaded = loaded
+        self.backend = make_backend(loaded)
+        self.detokenizers = DetokenizerFactory(loaded.tokenizer)
+        self._on_retire = on_retire
+        self._on_first_token = on_first_token
+        self.prefill_chunk = prefill_chunk
+        self.pending: list[Row] = []  # admitted, prompt not yet in the batch
+        self.active: dict[RequestId, Row] = {}  # joined rows
+        self._last_token: dict[RequestId, int] = {}
+
+    # -- building rows -------------------------------------------------------------------
+    def make_row(self, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
+                 stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
+                 stop_token_ids: Sequence[int] = ()) -> Row:
+        stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
+        stop_ids = set(self.loaded.stop_token_ids) | set(stop_token_ids) | self._special_stop_ids(stops)
+        return Row(
+            stream=stream, prompt_ids=list(prompt_ids), params=params, stop_ids=frozenset(stop_ids),
+            detok=self.detokenizers(), text_filter=TextFilter(stops, tuple(output_replacements)),
+            generator=None if params.greedy else make_generator(params.seed),
+        )
+
+    def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
+        """Stop strings that are special tokens are matched by id (their text is never decoded)."""
+        tok = self.loaded.tokenizer
+        specials = set(getattr(tok, "all_special_tokens", []) or [])
+        ids = set()
+        for s in stops:
+            if s in specials:
+                tid = tok.convert_tokens_to_ids(s)
+                if isinstance(tid, int):
+                    ids.add(tid)
+        return ids
+
+    # -- the step ------------------------------------------------------------------------
+    @property
+    def has_work(self) -> bool:
+        return bool(self.pending or self.active)
+
+    def add(self, row: Row) -> None:
+        row.t_admit = time.perf_counter()
+        self.pending.append(row)
+
+    def cancel(self, request_ids: set[RequestId]) -> None:
+        """Phase 1: retire the given rows now (those not in the decoder are ignored)."""
+        for row in [r for r in self.pending if r.id in request_ids]:
+            self.pending.remove(row)
+            self._finish(row, FinishReason.CANCELLED)
+        gone = {rid for rid in request_ids if rid in self.active}
+        for rid in gone:
+            self._finish(self.active[rid], FinishReason.CANCELLED)
+        self._retire()
+
+    def step(self) -> None:
+        self._prefill_phase()
+        self._decode_phase()
+        self._retire()
+
+    def _prefill_phase(self) -> None:
+        if not self.pending:
+            return
+        row = self.pending[0]
+        budget = self.prefill_chunk if self.active else len(row.prompt_ids)
+        try:
+            if row.prefill is None:
+                row.prefill = self.backend.start(row.prompt_ids)
+            logits = self.backend.prefill(row.prefill, budget)
+        except Exception as exc:  # a bad prompt fails its own request only
+            self.pending.pop(0)
+            self._fail(row, exc)
+            return
+        if logits is None:
+            return
+        self.pending.pop(0)
+        self._take(row, logits)
+        if row.finished is None:
+            self.backend.join(row.id, row.prefill)
+            self.active[row.id] = row
+        row.prefill = None
+
+    def _decode_phase(self) -> None:
+        rows = [self.active[k] for k in self.backend.rows if k in self.active]
+        rows = [r for r in rows if r.finished is None]
+        if not rows:
+            return
+        try:
+            logits = self.backend.decode([self._last_token[r.id] for r in rows])
+        except Exception as exc:  # a failed forward poisons the shared cache: fail the batch
+            log.exception("decode step failed")
+            self.backend.reset()
+            for row in rows:
+                self._fail(row, exc)
+                del self.active[row.id]
+                self._last_token.pop(row.id, None)
+                self._on_retire(row)
+            return
+        for row, row_logits in zip(rows, logits):
+            self._take(row, row_logits)
+
+    def _take(self, row: Row, logits: torch.Tensor) -> None:
+        """Sample, detokenize, filter and emit one token of ``row``."""
+        try:
+            token = sample_token(logits, row.params, row.seen(), row.generator)
+        except Exception as exc:
+            self._fail(row, exc)
+            return
+        row.record(token)
+        self._last_token[row.id] = token
+        if row.t_first is None:
+            row.t_first = time.perf_counter()
+            if self._on_first_token:
+                self._on_first_token(row)
+        if token in row.stop_ids:
+            self._flush(row)
+            self._finish(row, FinishReason.STOP)
+            return
+        result = row.text_filter.push(row.detok.add(token))
+        self._emit(row, result.text, (token,))
+        if result.stopped:
+            self._finish(row, FinishReason.STOP)
+        elif len(row.generated) >= self._max_new(row):
+            self._flush(row)
+            self._finish(row, FinishReason.LENGTH)
+
+    def _max_new(self, row: Row) -> int:
+        room = self.loaded.context_window - len(row.prompt_ids)
+        return max(1, min(row.params.max_new_tokens, room))
+
+    def _emit(self, row: Row, text: str, token_ids: tuple[int, ...]) -> None:
+        if text:
+            row.parts.append(text)
+        row.stream._push(Delta(row.id, text, token_ids))
+
+    def _flush(self, row: Row) -> None:
+        tail = row.text_filter.push(row.detok.finalize(), final=True).text
+        if tail:
+            self._emit(row, tail, ())
+
+    def _fail(self, row: Row, exc: BaseException) -> None:
+        self._finish(row, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, row: Row, reason: FinishReason, error: str | None = None) -> None:
+        if row.finished is not None:
+            return
+        now = time.perf_counter()
+        n = len(row.generated)
+        decode_s = now - row.t_first if row.t_first is not None else 0.0
+        usage = Usage(
+            prompt_tokens=len(row.prompt_ids), completion_tokens=n,
+            ttft_s=None if row.t_first is None else row.t_first - row.t_submit,
+            queue_s=max(0.0, (row.t_admit or now) - row.t_submit), total_s=now - row.t_submit,
+            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
+        )
+        row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
+        if row.id not in self.active:  # never joined (pending / failed prefill): retire now
+            self._on_retire(row)
+
+    def _retire(self) -> None:
+        done = {rid for rid, row in self.active.items() if row.finished is not None}
+        if not done:
+            return
+        self.backend.leave(done)
+        for rid in done:
+            row = self.active.pop(rid)
+            self._last_token.pop(rid, None)
+            self._on_retire(row)
+
+    def fail_all(self, reason: FinishReason, error: str | None = None) -> None:
+        """Finish every row (engine shutdown or an unexpected engine error)."""
+        for row in list(self.pending):
+            self._finish(row, reason, error)
+        self.pending.clear()
+        for row in self.active.values():
+            self._finish(row, reason, error)
+        self._retire()
+        self.backend.reset()

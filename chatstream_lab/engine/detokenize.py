@@ -1,0 +1,90 @@
+"""Incremental detokenization that never emits a broken UTF-8 character.
+
+Contract (mlx-lm's): the concatenated segments equal the decode of all tokens, and no segment
+contains U+FFFD from a character split over tokens. Work per token is O(1) for byte-level BPE
+tokenizers (bytes are fed to an incremental UTF-8 decoder) and O(window) otherwise (decode a
+small window and emit what became stable), never a re-decode of the whole reply.
+
+A reply cut by ``max_new_tokens`` inside a multi-byte character ends with incomplete bytes:
+:meth:`finalize` drops them (they are not text), so the reply never ends with U+FFFD.
+"""
+
+from __future__ import annotations
+
+import codecs
+from typing import Any
+
+
+def _byte_decoder_of(tokenizer: Any) -> dict[str, int] | None:
+    """The GPT-2 byte<-unicode table if the tokenizer is byte-level BPE, else None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None or "ByteLevel" not in type(decoder).__name__ + repr(decoder)[:200]:
+        return None
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {u: b for b, u in bytes_to_unicode().items()}
+
+
+class Detokenizer:
+    """Turns a stream of token ids into text segments; one instance per request."""
+
+    def __init__(self, tokenizer: Any, byte_decoder: dict[str, int] | None = None,
+                 special_ids: frozenset[int] = frozenset()) -> None:
+        self._tok = tokenizer
+        self._special = special_ids
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._byte_decoder = byte_decoder
+        self._token_bytes = getattr(tokenizer, "token_bytes", None)
+        self._ids: list[int] = []
+        self._prefix = 0  # generic path: window start
+        self._read = 0  # generic path: first id not yet emitted
+
+    def add(self, token_id: int) -> str:
+        """Feed one token; returns the newly stable text (possibly '')."""
+        if token_id in self._special:
+            return ""
+        if self._token_bytes is not None:
+            raw = self._token_bytes(token_id)
+            return self._utf8.decode(raw) if raw else ""
+        if self._byte_decoder is not None:
+            piece = self._tok.convert_ids_to_tokens(token_id)
+            try:
+                raw = bytes(self._byte_decoder[c] for c in piece)
+            except KeyError:  # an added (non byte-level) token: its text is literal
+                raw = piece.encode("utf-8")
+            return self._utf8.decode(raw)
+        return self._add_generic(token_id)
+
+    def _add_generic(self, token_id: int) -> str:
+        self._ids.append(token_id)
+        before = self._tok.decode(self._ids[self._prefix:self._read], skip_special_tokens=True)
+        after = self._tok.decode(self._ids[self._prefix:], skip_special_tokens=True)
+        if after.endswith("\ufffd") or len(after) <= len(before):
+            return ""
+        self._prefix = self._read
+        self._read = len(self._ids)
+        return after[len(before):]
+
+    def finalize(self) -> str:
+        """Text still buffered at the end; incomplete trailing bytes are dropped."""
+        if self._token_bytes is not None or self._byte_decoder is not None:
+            tail = self._utf8.decode(b"", final=True)
+            return tail.rstrip("\ufffd")
+        before = self._tok.decode(self._ids[self._prefix:self._read], skip_special_tokens=True)
+        after = self._tok.decode(self._ids[self._prefix:], skip_special_tokens=True)
+        return after[len(before):].rstrip("\ufffd") if len(after) > len(before) else ""
+
+
+class DetokenizerFactory:
+    """Inspects a tokenizer once (per model), then makes a Detokenizer per request cheaply."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.byte_decoder = _byte_decoder_of(tokenizer)
+        self.special_ids = frozenset(int(i) for i in getattr(tokenizer, "all_special_ids", []) or [])
+
+    def __call__(self) -> Detokenizer:
+        return Detokenizer(self.tokenizer, self.byte_decoder, self.special_ids)

