@@ -1,0 +1,185 @@
+"""Engine contract, on the scripted model: fast, deterministic, the real control flow."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from chatstream_lab.config import SamplingParams
+from chatstream_lab.engine import Engine
+from chatstream_lab.errors import InvalidParameter, QueueFull
+from chatstream_lab.types import Delta, Finished, FinishReason, Queued
+
+GREEDY = SamplingParams(temperature=0)
+
+
+def _ids(model, text: str = "hi") -> list[int]:
+    return model.tokenizer.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture
+def make_engine():
+    engines: list[Engine] = []
+
+    def make(model, **kw) -> Engine:
+        engine = Engine(model, **kw).start()
+        engines.append(engine)
+        return engine
+
+    yield make
+    for e in engines:
+        e.close()
+
+
+def test_stream_ends_with_exactly_one_finished(scripted, make_engine) -> None:
+    lm = scripted("Hello 🎉!")
+    events = list(make_engine(lm).submit(_ids(lm), GREEDY))
+    assert isinstance(events[0], Queued)
+    assert sum(isinstance(e, Finished) for e in events) == 1
+    assert isinstance(events[-1], Finished)
+    fin = events[-1]
+    assert fin.finish_reason is FinishReason.STOP
+    assert fin.text == "Hello 🎉!" == "".join(e.text for e in events if isinstance(e, Delta))
+    assert fin.usage.completion_tokens == len("Hello 🎉!".encode()) + 1  # + EOS
+    assert fin.usage.ttft_s is not None and fin.usage.prompt_tokens == len(_ids(lm))
+
+
+def test_max_new_tokens_gives_length(scripted, make_engine) -> None:
+    lm = scripted("abcdefghij")
+    fin = make_engine(lm).submit(_ids(lm), SamplingParams(temperature=0, max_new_tokens=4)).result(5)
+    assert (fin.finish_reason, fin.text) == (FinishReason.LENGTH, "abcd")
+
+
+def test_stop_string_split_over_tokens_stops_and_never_leaks(scripted, make_engine) -> None:
+    lm = scripted("Answer.\nUSER: forged turn")
+    stream = make_engine(lm).submit(_ids(lm), GREEDY, stop_strings=("\nUSER:",))
+    deltas = "".join(e.text for e in stream if isinstance(e, Delta))
+    assert deltas == "Answer." == stream.finished.text
+    assert stream.finished.finish_reason is FinishReason.STOP
+
+
+def test_model_error_finishes_with_error_and_frees_the_slot(scripted, make_engine) -> None:
+    engine = make_engine(scripted("will fail", fail_after=3), num_of_concurrent_executions=1)
+    lm = engine.model
+    fin = engine.submit(_ids(lm), GREEDY).result(5)
+    assert fin.finish_reason is FinishReason.ERROR and "scripted failure" in (fin.error or "")
+    assert engine.gate.snapshot().running == 0
+    assert engine.running  # the engine thread survived
+
+
+def test_queue_full_is_refused_synchronously(scripted, make_engine) -> None:
+    lm = scripted("x" * 50, token_delay=0.01)
+    engine = make_engine(lm, num_of_concurrent_executions=2, max_queue_size=3)
+    streams = [engine.submit(_ids(lm), GREEDY) for _ in range(5)]
+    with pytest.raises(QueueFull) as info:
+        engine.submit(_ids(lm), GREEDY)
+    assert info.value.max_queue_size == 3
+    assert all(s.result(10).finish_reason is FinishReason.STOP for s in streams)
+    assert engine.gate.snapshot().rejected_total == 1
+
+
+def test_cancel_while_queued_never_reaches_the_model(make_engine) -> None:
+    from chatstream_lab.models import scripted_model
+
+    seen_prompts: list[str] = []
+
+    def reply(prompt: str) -> str:
+        seen_prompts.append(prompt)
+        return "y" * 40
+
+    lm = scripted_model(reply, token_delay=0.01)
+    engine = make_engine(lm, num_of_concurrent_executions=1, max_queue_size=2)
+    running = engine.submit(_ids(lm, "first"), GREEDY)
+    queued = engine.submit(_ids(lm, "second"), GREEDY)
+    assert queued.position == 2 or queued.position == 1
+    queued.cancel()
+    assert queued.result(2).finish_reason is FinishReason.CANCELLED
+    running.result(10)
+    assert not any("second" in p for p in seen_prompts)
+    assert engine.gate.snapshot().waiting == 0
+
+
+def test_cancel_while_running_frees_slot_within_a_step(scripted, make_engine) -> None:
+    lm = scripted("z" * 500, token_delay=0.02)
+    engine = make_engine(lm, num_of_concurrent_executions=1, max_queue_size=1)
+    stream = engine.submit(_ids(lm), GREEDY)
+    for ev in stream:
+        if isinstance(ev, Delta):
+            break
+    t0 = time.perf_counter()
+    stream.cancel()
+    fin = stream.result(2)
+    assert fin.finish_reason is FinishReason.CANCELLED
+    assert time.perf_counter() - t0 < 0.5  # a step is 20 ms
+    assert engine.gate.snapshot().running == 0
+    nxt = engine.submit(_ids(lm), SamplingParams(temperature=0, max_new_tokens=3)).result(5)
+    assert nxt.finish_reason is FinishReason.LENGTH
+
+
+def test_queued_request_hears_its_position(scripted, make_engine) -> None:
+    lm = scripted("w" * 30, token_delay=0.01)
+    engine = make_engine(lm, num_of_concurrent_executions=1, max_queue_size=3)
+    engine.submit(_ids(lm), GREEDY)
+    second = engine.submit(_ids(lm), GREEDY)
+    third = engine.submit(_ids(lm), GREEDY)
+    positions = [e.position for e in third if isinstance(e, Queued)]
+    assert positions[0] == 3 or positions[0] == 2
+    assert positions[-1] == 1
+    assert second.result(5).finish_reason is FinishReason.STOP
+
+
+async def test_async_consumer_and_loop_stays_responsive(scripted, make_engine) -> None:
+    lm = scripted("q" * 60, token_delay=0.02)
+    engine = make_engine(lm, num_of_concurrent_executions=2)
+    max_lag = 0.0
+
+    async def probe() -> None:
+        nonlocal max_lag
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(0.005)
+            max_lag = max(max_lag, time.perf_counter() - t - 0.005)
+
+    task = asyncio.create_task(probe())
+    texts = []
+    for stream in [engine.submit(_ids(lm), GREEDY) for _ in range(2)]:
+        texts.append("".join([e.text async for e in stream if isinstance(e, Delta)]))
+    task.cancel()
+    assert texts == ["q" * 60, "q" * 60]
+    assert max_lag < 0.1  # generation never ran on this loop
+
+
+def test_close_finishes_everything(scripted) -> None:
+    lm = scripted("c" * 400, token_delay=0.01)
+    engine = Engine(lm, num_of_concurrent_executions=1, max_queue_size=2).start()
+    streams = [engine.submit(_ids(lm), GREEDY) for _ in range(3)]
+    time.sleep(0.05)
+    engine.close()
+    reasons = [s.result(2).finish_reason for s in streams]
+    assert reasons == [FinishReason.CANCELLED] * 3
+    assert not any(t.name == "chatstream-engine" and t.is_alive() for t in threading.enumerate()
+                   if t is engine._thread)
+
+
+def test_prompt_over_context_window_is_refused(make_engine) -> None:
+    from chatstream_lab.models import scripted_model
+
+    lm = scripted_model("x", context_window=16)
+    with pytest.raises(InvalidParameter, match="context window"):
+        make_engine(lm).submit(list(range(20)), GREEDY)
+
+
+def test_many_concurrent_requests_each_get_one_finish(scripted, make_engine) -> None:
+    lm = scripted(lambda p: p[-30:], token_delay=0.001)
+    engine = make_engine(lm, num_of_concurrent_executions=4, max_queue_size=20)
+    streams = [engine.submit(_ids(lm, f"n{i}"), GREEDY) for i in range(20)]
+    for i, s in enumerate(streams[:5]):
+        if i % 2:
+            s.cancel()
+    finals = [list(s)[-1] for s in streams]
+    assert all(isinstance(f, Finished) for f in finals)
+    snap = engine.gate.snapshot()
+    assert (snap.running, snap.waiting) == (0, 0)
