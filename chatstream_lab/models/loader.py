@@ -57,10 +57,7 @@ def default_cache_dir() -> Path:
 def _check_dtype(dtype: Any) -> tuple[str, Any]:
     import torch
 
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = str(dtype)
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype) else str(dtype)
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}", name="dtype")
     return name, getattr(torch, name)

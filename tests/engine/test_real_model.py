@@ -72,9 +72,9 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(real_model) -> None:
 
 
 def test_bfloat16_path_runs(real_model) -> None:
-    from chatstream_lab.models import LoadedModel
-
     import dataclasses
+
+    from chatstream_lab.models import LoadedModel
 
     bf16 = dataclasses.replace(real_model, model=real_model.model.to(torch.bfloat16), dtype="bfloat16")
     try:
