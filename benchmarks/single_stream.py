@@ -13,7 +13,6 @@ import json
 import time
 
 import torch
-
 from _common import machine, median
 
 import chatstream_lab as csl
