@@ -1,0 +1,8 @@
+"""Stats stage: lifecycle events -> immutable snapshots -> JSON, Prometheus text, plots."""
+
+from .metrics import percentile, rate, window_rate
+from .prometheus import PrometheusExporter
+from .recorder import StatsPoint, StatsRecorder, StatsSnapshot
+
+__all__ = ["PrometheusExporter", "StatsPoint", "StatsRecorder", "StatsSnapshot", "percentile", "rate",
+           "window_rate"]

@@ -1,0 +1,96 @@
+"""``chatstream-lab``: command-line entry point (``serve``; more subcommands plug into ``build_parser``).
+
+Nothing runs at import; :func:`main` parses arguments and dispatches to one ``_cmd_*`` function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from collections.abc import Sequence
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser("serve", help="serve a model as a streaming chat endpoint + web page",
+                              description="Serve a model over HTTP: /chat_stream (seed protocol and SSE), "
+                                          "/v1/chat/completions (OpenAI), /stats, /metrics and a web page.")
+    p.add_argument("--model", default=None,
+                   help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2-135M-Instruct)")
+    p.add_argument("--template", default=None,
+                   help="chat template preset name (default: the tokenizer's own chat template)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=_non_negative_int, default=8000, help="port (0 = any free port)")
+    p.add_argument("--num-of-concurrent-executions", type=_positive_int, default=2,
+                   help="requests generating at once (default 2)")
+    p.add_argument("--max-queue-size", type=_non_negative_int, default=5,
+                   help="requests that may wait; more get HTTP 429 (default 5)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="reply length cap (default 256)")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatstream-lab", description="Streaming LLM chat toolkit.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    add_serve_parser(subparsers)
+    from .console import add_chat_parser
+
+    add_chat_parser(subparsers)
+    return parser
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .errors import ChatStreamLabError
+    from .models import load_model
+    from .server import BackgroundServer, ChatStream
+
+    try:
+        print("Loading model…", file=sys.stderr, flush=True)
+        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        chat_stream = ChatStream(model=model, template=args.template,
+                                 num_of_concurrent_executions=args.num_of_concurrent_executions,
+                                 max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)
+        app = chat_stream.create_app(token=args.token, close_on_shutdown=True)
+        server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
+    except ChatStreamLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    url = server.url + (f"/?token={args.token}" if args.token else "/")
+    print(f"Serving {model.name} at {url}  (Ctrl-C to stop)", flush=True)
+    try:
+        threading.Event().wait()  # the main thread keeps Python's own SIGINT -> KeyboardInterrupt
+    except KeyboardInterrupt:
+        print("\nStopping…", file=sys.stderr)
+    finally:
+        server.stop()
+        chat_stream.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``chatstream-lab`` script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

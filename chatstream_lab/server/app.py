@@ -1,0 +1,143 @@
+"""``create_app()``: the FastAPI app that serves a :class:`ChatStream` (no module-level app).
+
+Routes (each a few lines over the facade):
+
+=============================  ==========================================================
+``POST /chat_stream``          seed framing, or SSE with ``Accept: text/event-stream``
+``POST /clear_context``        forget this session's conversation
+``GET  /get_prompt``           the session's prompt text and messages
+``GET/POST ..._generation_params``  session-scoped, validated sampling params
+``POST /set_feedback``         like/dislike a reply by message id -> ``feedback_sink``
+``GET  /get_load``             running / waiting counts (seed shape)
+``POST /v1/chat/completions``  OpenAI-compatible (stream and not); ``GET /v1/models``
+``GET  /health``               liveness; never touches the engine
+``GET  /stats``, ``/metrics``  the stats snapshot as JSON / Prometheus text
+``GET  /``                     the web chat page
+=============================  ==========================================================
+
+Middleware, outermost first: CORS (only if origins are given; never ``*`` with credentials),
+bearer auth (only if a token is given), sessions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
+
+from ..errors import ConfigError
+from . import openai_routes, web
+from .auth import BearerAuthMiddleware
+from .chatstream import ChatStream
+from .errors import install_handlers
+from .framing import MESSAGE_ID_HEADER
+
+
+def create_app(chat_stream: ChatStream | None = None, *, token: str | None = None,
+               cors_origins: Sequence[str] = (), web_ui: bool = True, openai_api: bool = True,
+               close_on_shutdown: bool | None = None, title: str = "chatstream_lab",
+               **chat_stream_options: Any) -> FastAPI:
+    """Build the app for ``chat_stream`` (or for ``ChatStream(**chat_stream_options)``).
+
+    Args:
+        chat_stream: the facade to serve; made from ``chat_stream_options`` when None.
+        token: require ``Authorization: Bearer <token>`` on every route but ``/health`` and the page.
+        cors_origins: origins allowed to call the API from a browser (credentials allowed unless
+            ``"*"`` is among them, in which case credentials are not allowed).
+        web_ui / openai_api: include the chat page / the ``/v1`` routes.
+        close_on_shutdown: close the engine when the app shuts down (default: when this call made
+            the ChatStream).
+
+    Example::
+
+        app = create_app(model=scripted_model("Hi!"))
+        BackgroundServer(app).start()
+    """
+    if chat_stream is None:
+        chat_stream = ChatStream(**chat_stream_options)
+        owns = True
+    elif chat_stream_options:
+        raise ConfigError(f"pass options either to ChatStream or to create_app, not both: "
+                          f"{sorted(chat_stream_options)}", name=sorted(chat_stream_options)[0])
+    else:
+        owns = False
+    if close_on_shutdown is None:
+        close_on_shutdown = owns
+    cs = chat_stream
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if close_on_shutdown:
+            cs.close()
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.chat_stream = cs
+    install_handlers(app)
+    _add_seed_routes(app, cs)
+    _add_ops_routes(app, cs)
+    if openai_api:
+        app.include_router(openai_routes.make_router(cs))
+    if web_ui:
+        app.include_router(web.make_router())
+
+    cs.append_middlewares(app)
+    if token:
+        app.add_middleware(BearerAuthMiddleware, token=token)
+    if cors_origins:
+        origins = list(cors_origins)
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_credentials="*" not in origins,
+                           allow_methods=["GET", "POST", "OPTIONS"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"],
+                           expose_headers=[MESSAGE_ID_HEADER, "Retry-After"])
+    return app
+
+
+def _add_seed_routes(app: FastAPI, cs: ChatStream) -> None:
+    @app.post("/chat_stream", response_model=None)
+    async def chat_stream(request: Request) -> Any:
+        return await cs.handle_chat_stream_request(request)
+
+    @app.post("/clear_context")
+    async def clear_context(request: Request) -> Response:
+        return await cs.handle_clear_context_request(request)
+
+    @app.get("/get_prompt")
+    async def get_prompt(request: Request) -> Response:
+        return await cs.handle_get_prompt_request(request)
+
+    @app.get("/get_generation_params")
+    async def get_generation_params(request: Request) -> Response:
+        return await cs.handle_get_generation_params_request(request)
+
+    @app.post("/set_generation_params")
+    async def set_generation_params(request: Request) -> Response:
+        return await cs.handle_set_generation_params_request(request)
+
+    @app.post("/set_feedback")
+    async def set_feedback(request: Request) -> Response:
+        return await cs.handle_set_feedback_request(request)
+
+    @app.get("/get_load")
+    async def get_load(request: Request) -> Response:
+        return await cs.handle_get_load_request(request)
+
+
+def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats(history: bool = False) -> JSONResponse:
+        snap = cs.recorder.snapshot(with_history=history)
+        return JSONResponse({**snap.as_dict(with_history=history), "model": cs.model.name,
+                             "limit": cs.num_of_concurrent_executions, "max_queue_size": cs.max_queue_size})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(cs.exporter.render(), media_type=cs.exporter.content_type)

@@ -1,0 +1,57 @@
+"""Optional bearer-token auth for every route except ``/health`` and the web page's files.
+
+Pure ASGI middleware. The token is compared in constant time. The page itself holds no secret,
+so it loads without a token and then sends ``Authorization: Bearer`` on its own requests (it
+takes ``?token=`` from its URL once and keeps it in the tab).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import error_body
+
+PUBLIC_PATHS = frozenset({"/health", "/", "/index.html", "/favicon.ico"})
+PUBLIC_PREFIXES = ("/static/",)
+
+
+class BearerAuthMiddleware:
+    """401 JSON unless ``Authorization: Bearer <token>`` matches (CORS preflights pass through)."""
+
+    def __init__(self, app: ASGIApp, token: str, public_paths: Iterable[str] = PUBLIC_PATHS,
+                 public_prefixes: tuple[str, ...] = PUBLIC_PREFIXES) -> None:
+        if not token:
+            raise ValueError("token must be a non-empty string")
+        self.app = app
+        self._token = token.encode()
+        self.public_paths = frozenset(public_paths)
+        self.public_prefixes = public_prefixes
+
+    def _public(self, scope: Scope) -> bool:
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        return path in self.public_paths or path.startswith(self.public_prefixes) or \
+            scope.get("method") == "OPTIONS"
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self._token):
+                    return True
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self._public(scope) or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(error_body("missing or wrong bearer token (send 'Authorization: Bearer "
+                                           "<token>')", "unauthorized"), status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        await response(scope, receive, send)

@@ -1,0 +1,172 @@
+"""Serve an ASGI app from a background thread (its own event loop), e.g. inside a Jupyter kernel.
+
+:class:`BackgroundServer` binds the socket itself in :meth:`~BackgroundServer.start`, so a busy
+port fails at once with :class:`~chatstream_lab.errors.ServerStartError` naming the port and the
+fix, and port 0 gives a free port whose number is read back. uvicorn runs on a new thread with
+``asyncio.run``-style loop of its own; its signal handling is disabled (a kernel's SIGINT must
+stay the kernel's). ``stop()`` asks uvicorn to exit, joins the thread and closes the socket, so
+the same object (or a new one on the same port) can start again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+
+from ..errors import ServerStartError
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn.Server that never touches signal handlers (it is not on the main thread anyway)."""
+
+    def install_signal_handlers(self) -> None:  # older uvicorn
+        pass
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:  # newer uvicorn
+        yield
+
+
+class BackgroundServer:
+    """uvicorn on its own thread and loop; start/stop/start again in one process.
+
+    Args:
+        app: any ASGI app.
+        host: interface to bind; 127.0.0.1 unless you mean to share it on the network.
+        port: 0 picks a free port (read back as :attr:`port`).
+        log_level: uvicorn's log level ("warning" keeps a notebook quiet).
+        graceful_timeout_s: how long ``stop()`` lets open streams finish before cancelling them.
+
+    Example::
+
+        server = BackgroundServer(create_app(...), port=0).start()
+        print(server.url)
+        server.stop()
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
+                 graceful_timeout_s: float = 3.0, **uvicorn_options: Any) -> None:
+        self.app = app
+        self.host = host
+        self.requested_port = port
+        self.port: int | None = None
+        self.log_level = log_level
+        self.graceful_timeout_s = graceful_timeout_s
+        self.uvicorn_options = uvicorn_options
+        self._server: _QuietServer | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise ServerStartError("the server is not running; call start() first")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> BackgroundServer:
+        """Bind, start uvicorn on a thread, wait until it accepts connections (idempotent).
+
+        Raises:
+            ServerStartError: the port is busy, the app's startup failed, or ``timeout`` passed.
+        """
+        if self.running:
+            return self
+        sock = self._bind()
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="auto",
+                                timeout_graceful_shutdown=self.graceful_timeout_s, **self.uvicorn_options)
+        server = _QuietServer(config)
+        self._server, self._socket, self._error = server, sock, None
+        self._thread = threading.Thread(target=self._run, args=(server, sock),
+                                        name=f"chatstream-server-{self.port}", daemon=True)
+        self._thread.start()
+        ready = threading.Event()
+        deadline_step = 0.01
+        waited = 0.0
+        while waited < timeout:
+            if server.started:
+                ready.set()
+                break
+            if not self._thread.is_alive():
+                break
+            self._thread.join(deadline_step)
+            waited += deadline_step
+        if not ready.is_set():
+            error = self._error
+            self.stop()
+            if isinstance(error, ServerStartError):
+                raise error
+            reason = f": {error!r}" if error else f" within {timeout} s"
+            raise ServerStartError(f"the server on {self.host}:{self.port} failed to start{reason}") \
+                from error
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask uvicorn to exit, join its thread and free the port (idempotent)."""
+        server, thread = self._server, self._thread
+        if server is not None:
+            server.should_exit = True
+        if thread is not None and thread.is_alive():
+            thread.join(timeout)
+            if thread.is_alive() and server is not None:
+                server.force_exit = True
+                thread.join(timeout)
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"running at {self.url}" if self.running else "stopped"
+        return f"<BackgroundServer {state}>"
+
+    # -- internals ------------------------------------------------------------------------
+    def _bind(self) -> socket.socket:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only, never a live listener
+        try:
+            sock.bind((self.host, self.requested_port))
+            sock.listen(128)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerStartError(
+                    f"port {self.requested_port} on {self.host} is already in use (is a previous server "
+                    f"still running? stop() it, or pass port=0 to pick a free port)") from exc
+            raise ServerStartError(f"cannot bind {self.host}:{self.requested_port}: {exc}") from exc
+        sock.setblocking(False)
+        return sock
+
+    def _run(self, server: _QuietServer, sock: socket.socket) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(server.serve(sockets=[sock]))
+        except BaseException as exc:  # SystemExit from uvicorn's startup failure included
+            self._error = exc
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()

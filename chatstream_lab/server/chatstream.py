@@ -1,0 +1,323 @@
+"""The seed's facade: ``ChatStream`` serves one model configuration to many HTTP users.
+
+It glues the stages together for HTTP and holds no generation logic: a request's body is
+validated, the session's turn begun (:mod:`~chatstream_lab.sessions`), the working conversation
+encoded (:mod:`~chatstream_lab.prompts`), submitted to the engine (which may refuse with
+``QueueFull`` -> 429 *before* any byte is streamed), and the events written by
+:class:`~chatstream_lab.server.streaming.EventStreamResponse`. The turn is committed and the
+user's callback fired exactly once, when the engine has retired the request.
+
+Works in a user's own FastAPI app, with or without :meth:`ChatStream.append_middlewares`; without
+it, the session cookie is handled inside :meth:`handle_chat_stream_request`. Constructing it
+starts nothing: the engine thread starts on the first request (or :meth:`start`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..config import SamplingParams, config_id
+from ..errors import ChatStreamLabError, ConfigError
+from ..sessions import SessionStore, Turn
+from ..stats import PrometheusExporter, StatsRecorder
+from ..types import Finished
+from . import conversation
+from .errors import BadRequest, error_response
+from .framing import MESSAGE_ID_HEADER, Framing, make_encoder
+from .requests import generation_param_changes, parse_chat_stream, parse_json_object
+from .session_cookie import CookieSettings, LazySessionHandle, SessionCookies, SessionMiddleware, is_https
+from .streaming import EventStreamResponse, Outcome
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[Request, str], Any]
+FeedbackSink = Callable[[dict[str, Any]], Any]
+
+# Seed constructor options that have no meaning here; accepted so seed code runs unchanged.
+_IGNORED_SEED_OPTIONS = frozenset({
+    "name", "num_gpus", "device", "too_many_request_as_http_error", "logger", "locale", "client_roles",
+    "request_handler", "add_special_tokens", "repetition_penalty_method", "context_len", "mock_params",
+})
+
+
+class ChatStream:
+    """Streaming chat over HTTP for one model configuration (the seed's API).
+
+    Args:
+        model: a :class:`~chatstream_lab.models.LoadedModel`, or an HF causal LM (then pass
+            ``tokenizer``).
+        tokenizer: the HF tokenizer when ``model`` is a bare HF model.
+        chat_prompt_clazz: a ChatPrompt class instantiated per session (seed style).
+        template: a template object or preset name (None: the tokenizer's own chat template).
+        num_of_concurrent_executions: requests generating at once (batched by the engine).
+        max_queue_size: requests allowed to wait; beyond that, HTTP 429 with ``Retry-After``.
+        max_new_tokens, temperature, top_k, top_p, repetition_penalty: session defaults.
+        session_secret: signs session cookies; random per launch when None.
+        cookie: cookie name / SameSite / Secure settings.
+        max_input_chars: longest accepted user message.
+        session_ttl_s, max_sessions, max_history_turns: session store bounds.
+        feedback_sink: receives each ``/set_feedback`` record (sync or async callable).
+        engine: share an already-built engine (e.g. a notebook Lab's) instead of making one.
+        use_mock_response: seed option; serves the scripted model instead of ``model``.
+
+    Example::
+
+        chat_stream = ChatStream(model=load_model())
+        @app.post("/chat_stream")
+        async def stream_api(request: Request):
+            return await chat_stream.handle_chat_stream_request(request)
+    """
+
+    def __init__(self, model: Any = None, tokenizer: Any = None, chat_prompt_clazz: Any = None,
+                 template: Any = None, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
+                 max_new_tokens: int = 256, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
+                 repetition_penalty: float = 1.0, session_secret: str | bytes | None = None,
+                 cookie: CookieSettings | None = None, max_input_chars: int = 8000,
+                 session_ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
+                 feedback_sink: FeedbackSink | None = None, engine: Any = None,
+                 recorder: StatsRecorder | None = None, use_mock_response: bool = False,
+                 **seed_options: Any) -> None:
+        unknown = set(seed_options) - _IGNORED_SEED_OPTIONS
+        if unknown:
+            raise ConfigError(f"unknown ChatStream option(s) {sorted(unknown)}", name=sorted(unknown)[0])
+        if isinstance(max_input_chars, bool) or not isinstance(max_input_chars, int) or max_input_chars < 1:
+            raise ConfigError(f"max_input_chars must be a positive integer, got {max_input_chars!r}",
+                              name="max_input_chars")
+        self.model = conversation.as_loaded_model(model, tokenizer, use_mock_response=use_mock_response,
+                                                  engine=engine)
+        self.template = conversation.resolve(template, chat_prompt_clazz, self.model.tokenizer)
+        self.default_params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                             top_k=top_k, top_p=top_p,
+                                             repetition_penalty=repetition_penalty)
+        self.num_of_concurrent_executions = num_of_concurrent_executions
+        self.max_queue_size = max_queue_size
+        self.max_input_chars = max_input_chars
+        self.config_id = config_id(self.model.name, conversation.template_name(self.template),
+                                   self.default_params.as_dict(), num_of_concurrent_executions,
+                                   max_queue_size)
+        self.recorder = recorder or StatsRecorder(self.config_id)
+        self.exporter = PrometheusExporter(self.recorder)
+        self.sessions = SessionStore(conversation.prompt_factory(chat_prompt_clazz, self.template),
+                                     self.default_params, ttl_s=session_ttl_s, max_sessions=max_sessions,
+                                     max_history_turns=max_history_turns)
+        self.cookies = SessionCookies(session_secret, cookie)
+        self.feedback_sink = feedback_sink
+        self.feedback: list[dict[str, Any]] = []  # kept when no sink is given (bounded)
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._engine_lock = threading.Lock()
+        if engine is None:
+            conversation.check_engine_args(num_of_concurrent_executions, max_queue_size)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def engine(self) -> Any:
+        """The engine, created and started on first use (never in the constructor)."""
+        with self._engine_lock:
+            if self._engine is None:
+                from ..engine import Engine
+
+                self._engine = Engine(self.model,
+                                      num_of_concurrent_executions=self.num_of_concurrent_executions,
+                                      max_queue_size=self.max_queue_size, observer=self.recorder)
+            engine = self._engine
+        engine.start()
+        return engine
+
+    def start(self) -> ChatStream:
+        _ = self.engine
+        return self
+
+    async def start_queue_worker(self) -> None:
+        """Seed compatibility: the engine starts itself on first use; this only starts it early."""
+        self.start()
+
+    def close(self) -> None:
+        """Stop the engine this object made (cancels what is in flight); safe to call twice.
+
+        A later request makes a fresh engine, so a server can be stopped and started again.
+        """
+        with self._engine_lock:
+            engine, owned = self._engine, self._owns_engine
+            if owned:
+                self._engine = None
+        if engine is not None and owned:
+            engine.close()
+
+    def create_app(self, **options: Any) -> Any:
+        """A FastAPI app serving this ChatStream (see :func:`chatstream_lab.server.create_app`)."""
+        from .app import create_app
+
+        return create_app(self, **options)
+
+    def append_middlewares(self, app: Any) -> None:
+        """Add the session middleware (seed name) so every route sees ``request.state.session``."""
+        app.add_middleware(SessionMiddleware, store=self.sessions, cookies=self.cookies)
+
+    # -- sessions -------------------------------------------------------------------------------
+    def session_of(self, request: Request) -> LazySessionHandle:
+        """``request.state.session`` if it is ours, else one made from the request's cookie."""
+        handle = getattr(request.state, "session", None)
+        if isinstance(handle, LazySessionHandle) and handle.store is self.sessions:
+            return handle
+        handle = LazySessionHandle(self.sessions, self.cookies.from_scope(request.scope))
+        request.state.session = handle
+        return handle
+
+    def _cookie_headers(self, request: Request, handle: LazySessionHandle) -> dict[str, str]:
+        """Set-Cookie for a new session when no middleware of ours will add it."""
+        if not handle.is_new:  # (our middleware skips its own Set-Cookie when this one is present)
+            return {}
+        return {"set-cookie": self.cookies.set_cookie_value(handle.session_id, https=is_https(request.scope))}
+
+    def _with_cookie(self, request: Request, response: Response) -> Response:
+        handle = self.session_of(request)
+        for k, v in self._cookie_headers(request, handle).items():
+            response.headers.append(k, v)
+        return response
+
+    # -- /chat_stream -----------------------------------------------------------------------------
+    async def handle_chat_stream_request(self, request: Request, request_body: bytes | str | None = None,
+                                         callback: Callback | None = None) -> Response | EventStreamResponse:
+        """Validate, begin the session's turn, submit, and return the streaming response.
+
+        Refusals (bad input 4xx, busy session 409, full queue 429) are answered before any byte
+        is streamed and leave the session unchanged. ``callback(request, message)`` (sync or
+        async) is called exactly once per call with an :class:`Outcome` value: after the stream
+        ended, or with ``unknown_error_occurred`` when the request was refused.
+        """
+        handle = self.session_of(request)
+        turn: Turn | None = None
+        try:
+            raw = request_body if request_body is not None else await request.body()
+            body = parse_chat_stream(parse_json_object(raw), max_input_chars=self.max_input_chars)
+            turn = self.sessions.begin_turn(handle.session_id, body.user_input, regenerate=body.regenerate)
+            ids, stops, replacements = conversation.encode(turn.prompt, self.template, self.model)
+            stream = self.engine.submit(ids, turn.params, stop_strings=stops,
+                                        output_replacements=replacements)
+        except Exception as exc:
+            if turn is not None:
+                self.sessions.finish_turn(turn, None)
+            if not isinstance(exc, ChatStreamLabError):
+                log.exception("error before streaming")
+            await _fire(callback, request, Outcome.UNKNOWN_ERROR_OCCURRED)
+            return self._with_cookie(request, error_response(exc))
+
+        message_id = uuid.uuid4().hex
+        framing = Framing.from_accept(request.headers.get("accept"))
+        sessions, the_turn = self.sessions, turn
+
+        async def on_done(outcome: Outcome, finished: Finished | None) -> None:
+            sessions.finish_turn(the_turn, finished, message_id=message_id)
+            await _fire(callback, request, outcome)
+
+        headers = {MESSAGE_ID_HEADER: message_id, **self._cookie_headers(request, handle)}
+        return EventStreamResponse(stream, make_encoder(framing, message_id), on_done=on_done,
+                                   media_type=framing.media_type, headers=headers,
+                                   on_abandon=lambda: sessions.finish_turn(the_turn, None))
+
+    # -- the other seed endpoints ------------------------------------------------------------------
+    async def handle_clear_context_request(self, request: Request, request_body: Any = None,
+                                           callback: Any = None) -> Response:
+        handle = self.session_of(request)
+        self.sessions.clear(handle.session_id)
+        return self._with_cookie(request, JSONResponse(
+            {"success": True, "message": "Context successfully cleared"}))
+
+    async def handle_get_prompt_request(self, request: Request) -> Response:
+        handle = self.session_of(request)
+        prompt = self.sessions.require(handle.session_id).prompt
+        return self._with_cookie(request, JSONResponse({
+            "success": True, "message": "success",
+            "prompt": conversation.prompt_text(prompt),
+            "messages": conversation.messages_of(prompt),
+        }))
+
+    async def handle_get_generation_params_request(self, request: Request) -> Response:
+        handle = self.session_of(request)
+        params = self.sessions.params(handle.session_id)
+        return self._with_cookie(request, JSONResponse(
+            {"success": True, "message": "success", "generation_params": params.as_dict()}))
+
+    async def handle_set_generation_params_request(self, request: Request) -> Response:
+        try:
+            changes = generation_param_changes(parse_json_object(await request.body()))
+            handle = self.session_of(request)
+            params = self.sessions.set_params(handle.session_id, **changes)
+        except ChatStreamLabError as exc:
+            return self._with_cookie(request, error_response(exc))
+        return self._with_cookie(request, JSONResponse(
+            {"success": True, "message": "success", "generation_params": params.as_dict()}))
+
+    async def handle_set_feedback_request(self, request: Request) -> Response:
+        try:
+            data = parse_json_object(await request.body())
+            message_id = data.get("message_id")
+            is_like = data.get("is_like")
+            if not isinstance(message_id, str) or not message_id:
+                raise BadRequest("message_id must be a non-empty string", param="message_id")
+            if is_like is not None and not isinstance(is_like, bool):
+                raise BadRequest("is_like must be a boolean", param="is_like")
+            handle = self.session_of(request)
+            session = self.sessions.require(handle.session_id)
+            known = session.message_ids
+            if message_id not in known:
+                raise BadRequest(f"unknown message_id {message_id!r} for this session",
+                                 param="message_id", status=404)
+            record = {"message_id": message_id, "is_like": is_like, "form_data": data.get("form_data"),
+                      "target_message": known[message_id],
+                      "prompt": conversation.prompt_text(session.prompt),
+                      "generation_params": session.params.as_dict(), "config_id": self.config_id}
+            await self._deliver_feedback(record)
+        except ChatStreamLabError as exc:
+            return self._with_cookie(request, error_response(exc))
+        return self._with_cookie(request, JSONResponse({"success": True, "message": "feedback received"}))
+
+    async def _deliver_feedback(self, record: dict[str, Any]) -> None:
+        if self.feedback_sink is None:
+            self.feedback.append(record)
+            del self.feedback[:-1000]
+            return
+        result = self.feedback_sink(record)
+        if inspect.isawaitable(result):
+            await result
+
+    async def handle_get_load_request(self, request: Request) -> Response:
+        snap = self.load()
+        return JSONResponse({"success": True, "message": "success", "chatstream_workers": [{
+            "name": self.model.name, "processing": snap["running"], "waiting": snap["queued"],
+            "max_processing": snap["limit"], "max_waiting": snap["max_queue_size"],
+        }]})
+
+    def load(self) -> dict[str, int]:
+        """Running / queued counts and limits, without starting the engine."""
+        stats = self.recorder.snapshot(with_history=False)
+        return {"running": stats.running, "queued": stats.queued,
+                "limit": self.num_of_concurrent_executions, "max_queue_size": self.max_queue_size,
+                "rejected": stats.rejected}
+
+    def __repr__(self) -> str:
+        load = self.load()
+        return (f"<ChatStream model={self.model.name!r} config_id={self.config_id} "
+                f"running={load['running']}/{load['limit']} "
+                f"queued={load['queued']}/{load['max_queue_size']}>")
+
+
+async def _fire(callback: Callback | None, request: Request, outcome: Outcome) -> None:
+    """Call the user's callback (sync or async); its exceptions are logged, never re-raised."""
+    if callback is None:
+        return
+    try:
+        result = callback(request, outcome.value)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.exception("the chat_stream callback raised (message %r)", outcome.value)

@@ -1,0 +1,120 @@
+"""The bundled chat page in headless Chromium: streaming, Stop, Regenerate, Clear, safe rendering, token."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import httpx
+import pytest
+
+from chatstream_lab.models import echo_reply, scripted_model
+from chatstream_lab.server import ChatStream, create_app
+
+from .conftest import serving, stats, wait_for
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+LONG = "This is a long story. " * 10
+
+
+def script(prompt: str) -> str:
+    last_user = prompt.rsplit("<|im_start|>user\n", 1)[-1]
+    return LONG if "story" in last_user else echo_reply(prompt)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def wait_done(page) -> None:
+    # locator assertions, not wait_for_function: the page's CSP (no eval) stays on in these tests
+    expect(page.locator("#status")).to_have_text(re.compile("^Done"), timeout=20_000)
+
+
+def last_assistant(page) -> str:
+    return page.locator(".msg.assistant .text").last.text_content() or ""
+
+
+def test_chat_page_stream_stop_regenerate_clear(browser):
+    cs = ChatStream(model=scripted_model(script, token_delay=0.01), template="chatml", max_new_tokens=1000)
+    with serving(create_app(cs, close_on_shutdown=True)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        # type and see the reply stream in
+        page.fill("#input", "hello there")
+        page.click("#send")
+        wait_done(page)
+        assert last_assistant(page) == "You said: hello there. This is a scripted reply."
+        # HTML in user text is shown as text, never parsed
+        evil = "<img src=x onerror=\"window.pwned=1\"><b>bold</b>"
+        page.fill("#input", evil)
+        page.press("#input", "Enter")
+        wait_done(page)
+        assert page.locator(".msg.user .text").last.text_content() == evil
+        assert page.locator("#messages img, #messages b").count() == 0
+        assert page.evaluate("window.pwned === undefined")
+        # Stop mid-stream
+        page.fill("#input", "tell me a story")
+        page.click("#send")
+        expect(page.locator(".msg.assistant").last.locator(".text")).to_have_text(re.compile(".{20,}"))
+        page.click("#stop")
+        page.wait_for_selector(".msg.assistant:last-child .note")
+        partial = last_assistant(page)
+        assert 0 < len(partial) < len(LONG) and LONG.startswith(partial)
+        assert "(stopped)" in page.locator(".msg.assistant:last-child .note").text_content()
+        assert wait_for(lambda: stats(url)["running"] == 0, 3)
+        # Regenerate the (stopped) reply in full
+        page.click("#regenerate")
+        wait_done(page)
+        assert last_assistant(page) == LONG
+        assert page.locator(".msg.assistant").count() == 3
+        # reload: history comes back from the server (same cookie)
+        page.reload()
+        page.wait_for_selector(".msg.assistant")
+        assert page.locator(".msg.user").count() == 3 and last_assistant(page) == LONG
+        # Clear
+        page.click("#clear")
+        expect(page.locator(".msg")).to_have_count(0)
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        r = httpx.get(url + "/get_prompt", cookies=cookies)
+        assert r.json()["messages"] == []
+        page.close()
+
+
+def test_chat_page_with_token_and_queue_full_error(browser):
+    cs = ChatStream(model=scripted_model(script, token_delay=0.01), template="chatml",
+                    num_of_concurrent_executions=1, max_queue_size=0, max_new_tokens=1000)
+    with serving(create_app(cs, token="page-token-123", close_on_shutdown=True)) as url:
+        page = browser.new_page()
+        page.goto(url + "/?token=page-token-123")
+        assert "token" not in page.url  # taken out of the address bar, kept in the page
+        page.fill("#input", "hi")
+        page.click("#send")
+        wait_done(page)
+        assert last_assistant(page).startswith("You said: hi")
+        # hold the only slot from outside, then the page gets a readable 429
+        from chatstream_lab.config import SamplingParams
+
+        held = cs.engine.submit([1, 2, 3], SamplingParams(max_new_tokens=500))
+        page.fill("#input", "are you busy?")
+        page.click("#send")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "busy" in page.locator("#error").text_content().lower()
+        assert page.input_value("#input") == "are you busy?"  # nothing lost
+        held.cancel()
+        held.result(timeout=5)
+        page.close()
