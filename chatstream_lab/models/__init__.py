@@ -2,8 +2,8 @@
 
 from .byte_tokenizer import ByteTokenizer
 from .loaded import LoadedModel
-from .loader import bundled_model_path, load_model
+from .loader import bundled_model_path, from_hf, load_model
 from .scripted import ScriptedLM, echo_reply, scripted_model
 
-__all__ = ["ByteTokenizer", "LoadedModel", "ScriptedLM", "bundled_model_path", "echo_reply",
+__all__ = ["ByteTokenizer", "LoadedModel", "ScriptedLM", "bundled_model_path", "echo_reply", "from_hf",
            "load_model", "scripted_model"]

@@ -232,6 +232,22 @@ def load_model(source: str | os.PathLike[str] | None = None, *, device: str = "c
     )
 
 
+def from_hf(model: Any, tokenizer: Any, *, name: str | None = None, source: str = "user") -> LoadedModel:
+    """Wrap a model + tokenizer you already loaded with transformers (the seed's style).
+
+    >>> lm = from_hf(AutoModelForCausalLM.from_pretrained(d), AutoTokenizer.from_pretrained(d))  # doctest: +SKIP
+    """
+    config = getattr(model, "config", None)
+    default = str(getattr(config, "_name_or_path", "") or type(model).__name__).rstrip("/").split("/")[-1]
+    return LoadedModel(
+        name=name or default or "model", model=model, tokenizer=tokenizer, source=source,
+        device=str(getattr(model, "device", "cpu")),
+        dtype=str(getattr(model, "dtype", "float32")).removeprefix("torch."),
+        context_window=int(getattr(config, "max_position_embeddings", 2048) or 2048),
+        stop_token_ids=_stop_token_ids(model, tokenizer),
+    )
+
+
 def _stop_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
     ids: list[int] = []
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)

@@ -37,22 +37,9 @@ def as_loaded_model(model: Any, tokenizer: Any = None, *, use_mock_response: boo
     if tokenizer is None:
         raise ConfigError("a bare HF model needs its tokenizer: ChatStream(model=m, tokenizer=t)",
                           name="tokenizer")
-    config = getattr(model, "config", None)
-    name = str(getattr(config, "_name_or_path", "") or type(model).__name__).rstrip("/").split("/")[-1]
-    stop_ids: list[int] = []
-    for value in (getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-                  getattr(tokenizer, "eos_token_id", None)):
-        if isinstance(value, int):
-            stop_ids.append(value)
-        elif isinstance(value, (list, tuple)):
-            stop_ids.extend(int(v) for v in value)
-    return LoadedModel(
-        name=name or "model", model=model, tokenizer=tokenizer, source="user",
-        device=str(getattr(model, "device", "cpu")), dtype=str(getattr(model, "dtype", "float32")).replace(
-            "torch.", ""),
-        context_window=int(getattr(config, "max_position_embeddings", 2048) or 2048),
-        stop_token_ids=tuple(dict.fromkeys(stop_ids)),
-    )
+    from ..models import from_hf
+
+    return from_hf(model, tokenizer)
 
 
 def resolve(template: Any, chat_prompt_clazz: Any, tokenizer: Any) -> Any:
