@@ -45,12 +45,15 @@ class SamplingParams:
         repetition_penalty: HF/CTRL penalty (>1 makes tokens already seen less likely).
         seed: makes sampling reproducible per request, whatever else runs in the batch.
         stop: extra stop strings; never part of the returned text.
+
+    The defaults (temperature 0.3, top_p 0.9) keep small chat models on topic; pass
+    ``temperature=0`` for greedy, reproducible replies.
     """
 
     max_new_tokens: int = 256
-    temperature: float = 0.7
+    temperature: float = 0.3
     top_k: int = 0
-    top_p: float = 1.0
+    top_p: float = 0.9
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     seed: int | None = None

@@ -110,7 +110,7 @@ def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
                    "(default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--template", default=None, help="preset name (default: the tokenizer's own)")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--ask", action="append", default=[],
                    help="a first message to send (repeatable); with no terminal, exit after them")

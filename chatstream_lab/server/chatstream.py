@@ -78,7 +78,7 @@ class ChatStream:
 
     def __init__(self, model: Any = None, tokenizer: Any = None, chat_prompt_clazz: Any = None,
                  template: Any = None, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
-                 max_new_tokens: int = 256, temperature: float = 0.7, top_k: int = 0, top_p: float = 1.0,
+                 max_new_tokens: int = 256, temperature: float = 0.3, top_k: int = 0, top_p: float = 0.9,
                  repetition_penalty: float = 1.0, session_secret: str | bytes | None = None,
                  cookie: CookieSettings | None = None, max_input_chars: int = 8000,
                  session_ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
