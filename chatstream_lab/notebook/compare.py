@@ -1,0 +1,107 @@
+"""``CompareView``: one message through several configurations, side by side, then a table.
+
+Each variant is a preview column; all are submitted at once through the Lab's engine (so they
+batch together and respect the same limit: variants beyond it wait in the queue). When all have
+finished, a table of finish reason, tokens, time to first token and tokens/s follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from html import escape
+from typing import TYPE_CHECKING, Any
+
+import ipywidgets as widgets
+
+from ..errors import ChatStreamLabError
+from ..types import Finished
+from ._loop import spawn
+from .preview import StreamPreview
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..lab import Lab, LabConfig
+
+COLUMNS = ("variant", "config_id", "template", "finish_reason", "tokens", "ttft_s", "tokens_per_s", "total_s")
+
+
+def _row(name: str, config: LabConfig, fin: Finished | None, error: str | None = None) -> dict[str, Any]:
+    u = fin.usage if fin is not None else None
+    return {"variant": name, "config_id": config.config_id, "template": config.template_name,
+            "finish_reason": fin.finish_reason.value if fin else f"refused: {error}",
+            "tokens": u.completion_tokens if u else 0, "ttft_s": u.ttft_s if u else None,
+            "tokens_per_s": u.tokens_per_s if u else None, "total_s": u.total_s if u else None,
+            "text": fin.text if fin else ""}
+
+
+def table_html(rows: list[dict[str, Any]]) -> str:
+    def cell(v: Any) -> str:
+        return "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else escape(str(v)))
+
+    head = "".join(f"<th style='text-align:left;padding-right:1em'>{c}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{cell(r[c])}</td>"
+                                    for c in COLUMNS) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+class CompareView(widgets.VBox):
+    """Columns of streaming replies, then ``table`` (HTML) and ``rows`` (dicts, one per variant)."""
+
+    def __init__(self, variants: dict[str, LabConfig]) -> None:
+        self.variants = dict(variants)
+        self.previews: dict[str, StreamPreview] = {}
+        self.errors: dict[str, str] = {}
+        self.rows: list[dict[str, Any]] = []
+        self.table = widgets.HTML("<small>streaming…</small>")
+        self.columns = widgets.HBox(layout=widgets.Layout(align_items="flex-start"))
+        super().__init__([self.columns, self.table])
+        self.task: asyncio.Task[list[dict[str, Any]]] | None = None
+
+    @classmethod
+    def start(cls, lab: Lab, variants: dict[str, LabConfig], message: Any) -> CompareView:
+        if not variants:
+            raise ChatStreamLabError("compare() needs at least one variant: {name: template_or_params}")
+        view = cls(variants)
+        columns = []
+        for name, config in variants.items():
+            title = (f"<b>{escape(name)}</b><br><small>{escape(config.template_name)} · "
+                     f"<code>{config.config_id}</code></small>")
+            preview = StreamPreview(title, layout=widgets.Layout(flex="1 1 0", min_width="12em",
+                                                                  margin="0 6px"))
+            try:
+                stream = lab.submit(message, config)
+            except ChatStreamLabError as exc:  # e.g. QueueFull: more variants than limit + queue
+                view.errors[name] = str(exc)
+                preview.status.value = f"<small>{escape(str(exc))}</small>"
+                preview.stop_button.disabled = True
+            else:
+                preview.stream = stream
+            view.previews[name] = preview
+            columns.append(preview)
+        view.columns.children = tuple(columns)
+        for preview in view.previews.values():
+            if preview.stream is not None:
+                preview.attach(preview.stream)
+        view.task = spawn(view._collect())  # None without a running loop: already done
+        return view
+
+    async def _collect(self) -> list[dict[str, Any]]:
+        rows = []
+        for name, preview in self.previews.items():
+            fin = await preview.wait() if preview.stream is not None else None
+            rows.append(_row(name, self.variants[name], fin, self.errors.get(name)))
+        self.rows = rows
+        self.table.value = table_html(rows)
+        return rows
+
+    def __repr__(self) -> str:
+        state = "done" if self.rows else "streaming"
+        return f"<CompareView {state}: {', '.join(self.variants)}>"
+
+    def stop(self) -> None:
+        for preview in self.previews.values():
+            preview.stop()
+
+    async def wait(self) -> list[dict[str, Any]]:
+        if self.task is not None:
+            return await asyncio.shield(self.task)
+        return self.rows
