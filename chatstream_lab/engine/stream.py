@@ -80,26 +80,8 @@ class RequestStream:
             if isinstance(event, Finished):
                 return
 
-    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        loop = asyncio.get_running_loop()
-        flag = asyncio.Event()
-        with self._cond:
-            self._wakers.append((loop, flag))
-        try:
-            while True:
-                with self._cond:
-                    event = self._events.popleft() if self._events else None
-                    if event is None:
-                        flag.clear()
-                if event is None:
-                    await flag.wait()
-                    continue
-                yield event
-                if isinstance(event, Finished):
-                    return
-        finally:
-            with self._cond:
-                self._wakers.remove((loop, flag))
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return _AsyncEvents(self)
 
     def _drain(self) -> list[StreamEvent]:
         """Take every event delivered so far without blocking (for inline driving)."""
@@ -126,6 +108,46 @@ class RequestStream:
     def __repr__(self) -> str:
         state = self._finished.finish_reason.value if self._finished else "streaming"
         return f"<RequestStream {self.id} {state}>"
+
+
+class _AsyncEvents:
+    """``async for`` over a RequestStream on the consumer's loop.
+
+    A plain async iterator, not an async generator: a consumer task that is cancelled or
+    abandoned mid-stream leaves nothing for the loop to finalize later (async generators are
+    closed by the loop's asyncgen hooks, which races with a second reader during shutdown).
+    """
+
+    def __init__(self, stream: RequestStream) -> None:
+        self._stream = stream
+        self._waker: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._done = False
+
+    def __aiter__(self) -> _AsyncEvents:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._done:
+            raise StopAsyncIteration
+        s = self._stream
+        if self._waker is None:
+            self._waker = (asyncio.get_running_loop(), asyncio.Event())
+            with s._cond:
+                s._wakers.append(self._waker)
+        flag = self._waker[1]
+        while True:
+            with s._cond:
+                event = s._events.popleft() if s._events else None
+                if event is None:
+                    flag.clear()
+            if event is not None:
+                break
+            await flag.wait()
+        if isinstance(event, Finished):
+            self._done = True
+            with s._cond:
+                s._wakers.remove(self._waker)
+        return event
 
 
 __all__ = ["Delta", "Finished", "Queued", "RequestStream"]

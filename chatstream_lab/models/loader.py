@@ -123,6 +123,21 @@ def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _quiet_transformers(enabled: bool) -> Any:
+    """Hide transformers' own progress bars when the caller asked for none (restored after)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if not enabled and was_on:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if not enabled and was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _from_pretrained(where: str, *, gguf_file: str | None, torch_dtype: Any,
                      local_only: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -202,7 +217,7 @@ def load_model(source: str | os.PathLike[str] | None = None, *, device: str = "c
     dtype_name, torch_dtype = _check_dtype(dtype)
     dev = _check_device(device)
     kind, path, name = _resolve_source(source)
-    with _progress(3, f"Loading {name}", progress) as bar:
+    with _progress(3, f"Loading {name}", progress) as bar, _quiet_transformers(progress):
         try:
             if kind == "gguf":
                 assert path is not None

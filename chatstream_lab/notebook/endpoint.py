@@ -13,7 +13,6 @@ that holds it, when it is one of ours).
 
 from __future__ import annotations
 
-import inspect
 import threading
 import weakref
 from html import escape
@@ -81,26 +80,9 @@ def make_chat_stream(lab: Lab, config: LabConfig, engine: Any = None) -> Any:
     """The server's ChatStream facade over the Lab's engine, recorder and ``config``."""
     from ..server.chatstream import ChatStream
 
-    p = config.params
-    kwargs: dict[str, Any] = dict(
-        model=lab.model, template=config.template, engine=engine or lab.engine, recorder=lab.recorder,
-        num_of_concurrent_executions=lab.num_of_concurrent_executions, max_queue_size=lab.max_queue_size,
-        max_new_tokens=p.max_new_tokens, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p,
-        repetition_penalty=p.repetition_penalty)
-    accepted = inspect.signature(ChatStream).parameters
-    if "params" in accepted:
-        kwargs["params"] = p
-    if "config_id" in accepted:
-        kwargs["config_id"] = config.config_id
-    cs = ChatStream(**kwargs)
-    # ChatStream takes only five sampling fields and hashes its own id; the served configuration
-    # must be exactly the Lab's (min_p, seed, stop included) and carry the Lab's id.
-    if cs.default_params != p:
-        cs.default_params = p
-        cs.sessions.default_params = p
-    if getattr(cs, "config_id", None) != config.config_id:
-        cs.config_id = config.config_id
-    return cs
+    return ChatStream(model=lab.model, template=config.template, engine=engine or lab.engine,
+                      recorder=lab.recorder, num_of_concurrent_executions=lab.num_of_concurrent_executions,
+                      max_queue_size=lab.max_queue_size, params=config.params, config_id=config.config_id)
 
 
 def _holder_of(host: str, port: int) -> Endpoint | None:

@@ -24,7 +24,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..config import SamplingParams, config_id
+from ..config import SamplingParams
+from ..config import config_id as make_config_id
 from ..errors import ChatStreamLabError, ConfigError
 from ..sessions import SessionStore, Turn
 from ..stats import PrometheusExporter, StatsRecorder
@@ -67,6 +68,8 @@ class ChatStream:
         feedback_sink: receives each ``/set_feedback`` record (sync or async callable).
         engine: share an already-built engine (e.g. a notebook Lab's) instead of making one.
         use_mock_response: seed option; serves the scripted model instead of ``model``.
+        params: a whole SamplingParams (overrides the loose sampling fields above).
+        config_id: the configuration id to report in ``/stats`` (default: a hash of this config).
 
     Example::
 
@@ -84,6 +87,7 @@ class ChatStream:
                  session_ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
                  feedback_sink: FeedbackSink | None = None, engine: Any = None,
                  recorder: StatsRecorder | None = None, use_mock_response: bool = False,
+                 params: SamplingParams | None = None, config_id: str | None = None,
                  **seed_options: Any) -> None:
         unknown = set(seed_options) - _IGNORED_SEED_OPTIONS
         if unknown:
@@ -94,13 +98,14 @@ class ChatStream:
         self.model = conversation.as_loaded_model(model, tokenizer, use_mock_response=use_mock_response,
                                                   engine=engine)
         self.template = conversation.resolve(template, chat_prompt_clazz, self.model.tokenizer)
-        self.default_params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                             top_k=top_k, top_p=top_p,
-                                             repetition_penalty=repetition_penalty)
+        # ``params`` (a whole SamplingParams, as Lab passes it) wins over the seed's loose fields
+        self.default_params = params or SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                       top_k=top_k, top_p=top_p,
+                                                       repetition_penalty=repetition_penalty)
         self.num_of_concurrent_executions = num_of_concurrent_executions
         self.max_queue_size = max_queue_size
         self.max_input_chars = max_input_chars
-        self.config_id = config_id(self.model.name, conversation.template_name(self.template),
+        self.config_id = config_id or make_config_id(self.model.name, conversation.template_name(self.template),
                                    self.default_params.as_dict(), num_of_concurrent_executions,
                                    max_queue_size)
         self.recorder = recorder or StatsRecorder(self.config_id)
