@@ -71,6 +71,7 @@ class Row:
 
 
 RetireFn = Callable[[Row], None]
+_NO_IDS = torch.tensor([], dtype=torch.long)
 
 
 class BatchDecoder:
@@ -179,8 +180,10 @@ class BatchDecoder:
 
     def _take(self, row: Row, logits: torch.Tensor) -> None:
         """Sample, detokenize, filter and emit one token of ``row``."""
+        # the ids seen so far matter only to the repetition penalty: build them only then
+        seen = row.seen() if row.params.repetition_penalty != 1.0 else _NO_IDS
         try:
-            token = sample_token(logits, row.params, row.seen(), row.generator)
+            token = sample_token(logits, row.params, seen, row.generator)
         except Exception as exc:
             self._fail(row, exc)
             return
