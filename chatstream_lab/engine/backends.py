@@ -64,6 +64,7 @@ class Prefill:
     ids: list[int]
     done: int = 0
     cache: Any = None
+    mask: torch.Tensor | None = None  # [P, T] for a padded group; None: one unpadded row
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -109,26 +110,51 @@ class HFBackend:
         pf.done += n
         return logits[0] if pf.remaining == 0 else None
 
-    def join(self, key: Key, pf: Prefill) -> None:
-        length = len(pf.ids)
-        ones = torch.ones(1, length, dtype=torch.long, device=self._device)
-        pos = torch.tensor([length], dtype=torch.long, device=self._device)
+    def prefill_group(self, prompts: Sequence[Sequence[int]]) -> tuple[Prefill, torch.Tensor]:
+        """Prefill several prompts in ONE left-padded forward; returns the group and logits [P, V]."""
+        length = max(len(p) for p in prompts)
+        ids = torch.zeros(len(prompts), length, dtype=torch.long, device=self._device)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, length - len(p):] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, length - len(p):] = 1
+        pf = Prefill([], cache=_new_cache(self._model), mask=mask)
+        logits = self._forward(ids, pf.cache, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        # padded positions hold no information: zero them so nothing odd can leak through them
+        keep = mask[:, None, :, None].to(_get_kv(pf.cache)[0][0].dtype)
+        _set_kv(pf.cache, [(k * keep, v * keep) for k, v in _get_kv(pf.cache)])
+        return pf, logits
+
+    def join(self, keys: Key | list[Key], pf: Prefill, keep: Sequence[int] | None = None) -> None:
+        """Add the rows of ``pf`` (one prompt, or the ``keep`` rows of a group) to the batch."""
+        keys = keys if isinstance(keys, list) else [keys]
+        kv = _get_kv(pf.cache)
+        mask = pf.mask if pf.mask is not None else torch.ones(1, kv[0][0].shape[2], dtype=torch.long,
+                                                                 device=self._device)
+        if keep is not None and len(keep) < mask.shape[0]:
+            idx = torch.tensor(list(keep), dtype=torch.long, device=self._device)
+            mask = mask.index_select(0, idx)
+            first = int(mask.any(dim=0).nonzero()[0])
+            mask = mask[:, first:]
+            kv = [(k.index_select(0, idx)[:, :, first:], v.index_select(0, idx)[:, :, first:]) for k, v in kv]
+            _set_kv(pf.cache, kv)
+        pos = mask.sum(dim=-1)
         if self._cache is None:
-            self._cache, self._mask, self._next_pos = pf.cache, ones, pos
+            self._cache, self._mask, self._next_pos = pf.cache, mask, pos
         else:
             assert self._mask is not None and self._next_pos is not None
-            t_batch = self._mask.shape[1]
-            t = max(t_batch, length)
+            t_batch, t_new = self._mask.shape[1], mask.shape[1]
+            t = max(t_batch, t_new)
             merged = [
-                (torch.cat([_pad_left(kb, t - t_batch, 1), _pad_left(kn, t - length, 1)]),
-                 torch.cat([_pad_left(vb, t - t_batch, 1), _pad_left(vn, t - length, 1)]))
-                for (kb, vb), (kn, vn) in zip(_get_kv(self._cache), _get_kv(pf.cache))
+                (torch.cat([_pad_left(kb, t - t_batch, 1), _pad_left(kn, t - t_new, 1)]),
+                 torch.cat([_pad_left(vb, t - t_batch, 1), _pad_left(vn, t - t_new, 1)]))
+                for (kb, vb), (kn, vn) in zip(_get_kv(self._cache), kv)
             ]
             _set_kv(self._cache, merged)
-            self._mask = torch.cat([_pad_left(self._mask, t - t_batch, 0), _pad_left(ones, t - length, 0)])
+            self._mask = torch.cat([_pad_left(self._mask, t - t_batch, 0), _pad_left(mask, t - t_new, 0)])
             self._next_pos = torch.cat([self._next_pos, pos])
         pf.cache = None
-        self.rows.append(key)
+        self.rows.extend(keys)
         self._padded = not bool(self._mask.all())
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
@@ -193,9 +219,19 @@ class ScriptedBackend:
             return None
         return self._logits_for(pf.extra["script"][0])
 
-    def join(self, key: Key, pf: Prefill) -> None:
-        self.rows.append(key)
-        self._scripts[key] = (pf.extra["script"], [0])
+    def prefill_group(self, prompts: Sequence[Sequence[int]]) -> tuple[Prefill, torch.Tensor]:
+        scripts = [self._script_for(p) for p in prompts]
+        pf = Prefill([], extra={"scripts": scripts})
+        return pf, torch.stack([self._logits_for(sc[0]) for sc in scripts])
+
+    def join(self, keys: Key | list[Key], pf: Prefill, keep: Sequence[int] | None = None) -> None:
+        keys = keys if isinstance(keys, list) else [keys]
+        scripts = pf.extra.get("scripts") or [pf.extra["script"]]
+        if keep is not None:
+            scripts = [scripts[i] for i in keep]
+        for key, script in zip(keys, scripts):
+            self.rows.append(key)
+            self._scripts[key] = (script, [0])
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         if self._lm.token_delay:

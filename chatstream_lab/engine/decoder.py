@@ -138,7 +138,14 @@ class BatchDecoder:
         self._retire()
 
     def _prefill_phase(self) -> None:
+        """Prefill what fits this step: a group of waiting prompts in one padded forward, or one
+        chunk of a long prompt. While rows decode, at most ``prefill_chunk`` padded tokens run
+        per step, so arrivals never stall the running streams for long."""
         if not self.pending:
+            return
+        group = self._next_group()
+        if len(group) > 1:
+            self._prefill_group(group)
             return
         row = self.pending[0]
         budget = self.prefill_chunk if self.active else len(row.prompt_ids)
@@ -158,6 +165,36 @@ class BatchDecoder:
             self.backend.join(row.id, row.prefill)
             self.active[row.id] = row
         row.prefill = None
+
+    def _next_group(self) -> list[Row]:
+        """The oldest waiting prompts whose padded size fits the step's prefill budget."""
+        budget = self.prefill_chunk if self.active else self.prefill_chunk * 8
+        group: list[Row] = []
+        longest = 0
+        for row in self.pending:
+            if row.prefill is not None:  # a chunked prefill is under way: finish it first
+                break
+            longest = max(longest, len(row.prompt_ids))
+            if group and longest * (len(group) + 1) > budget:
+                break
+            group.append(row)
+        return group
+
+    def _prefill_group(self, group: list[Row]) -> None:
+        del self.pending[:len(group)]
+        try:
+            pf, logits = self.backend.prefill_group([r.prompt_ids for r in group])
+        except Exception as exc:
+            for row in group:
+                self._fail(row, exc)
+            return
+        for row, row_logits in zip(group, logits):
+            self._take(row, row_logits)
+        keep = [i for i, row in enumerate(group) if row.finished is None]
+        if keep:
+            self.backend.join([group[i].id for i in keep], pf, keep)
+            for i in keep:
+                self.active[group[i].id] = group[i]
 
     def _decode_phase(self) -> None:
         rows = [self.active[k] for k in self.backend.rows if k in self.active]

@@ -183,3 +183,19 @@ def test_many_concurrent_requests_each_get_one_finish(scripted, make_engine) -> 
     assert all(isinstance(f, Finished) for f in finals)
     snap = engine.gate.snapshot()
     assert (snap.running, snap.waiting) == (0, 0)
+
+
+def test_arrivals_are_prefilled_together_and_early_finishers_leave_the_group(make_engine) -> None:
+    from chatstream_lab.models import scripted_model
+
+    # "quit" prompts get an empty reply: EOS is their first token, decided inside the group prefill
+    lm = scripted_model(lambda p: "" if "quit" in p else "ok " * 5, token_delay=0.005)
+    engine = make_engine(lm, num_of_concurrent_executions=6, max_queue_size=0)
+    texts = ["a", "quit", "b", "quit", "c", "d"]
+    streams = [engine.submit(_ids(lm, t), GREEDY) for t in texts]
+    finals = [s.result(5) for s in streams]
+    assert [f.text for f in finals] == ["" if t == "quit" else "ok " * 5 for t in texts]
+    assert all(f.finish_reason is FinishReason.STOP for f in finals)
+    # 16 tokens per reply: ~15 steps when the six join together, ~20 if they joined one per step
+    assert engine.steps <= 17
+    assert engine.gate.snapshot().running == 0
