@@ -199,3 +199,19 @@ def test_arrivals_are_prefilled_together_and_early_finishers_leave_the_group(mak
     # 16 tokens per reply: ~15 steps when the six join together, ~20 if they joined one per step
     assert engine.steps <= 17
     assert engine.gate.snapshot().running == 0
+
+
+def test_inline_stream_cancelled_from_another_thread(scripted) -> None:
+    import chatstream_lab as csl
+
+    gen = csl.stream(scripted("x" * 400, token_delay=0.005), "hi", temperature=0)
+    seen: list = []
+    consumer = threading.Thread(target=lambda: seen.extend(gen))
+    consumer.start()
+    time.sleep(0.1)
+    gen.cancel()
+    consumer.join(5)
+    assert not consumer.is_alive()
+    final = seen[-1]
+    assert isinstance(final, Finished) and final.finish_reason is FinishReason.CANCELLED
+    assert 0 < len(final.text) < 400 and sum(isinstance(e, Finished) for e in seen) == 1
