@@ -247,6 +247,7 @@ class LoadTest:
         self.url = url
         self.future: concurrent.futures.Future[LoadTestResult] = concurrent.futures.Future()
         self._handle: Any = None
+        self._shown = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, args=(options,), name="chatstream-load-test",
                                         daemon=True)
@@ -272,9 +273,11 @@ class LoadTest:
                 pass
 
     def _show(self) -> None:
+        """Replace "running…" in the cell with the outcome, once (on the kernel's thread)."""
         from IPython.display import HTML
 
-        if self._handle is not None:
+        if self._handle is not None and self.future.done() and not self._shown:
+            self._shown = True
             self._handle.update(HTML(self._html()))
 
     def _html(self) -> str:
@@ -298,12 +301,23 @@ class LoadTest:
 
     def result(self, timeout: float | None = None) -> LoadTestResult:
         """Block until done (bounded by the test's own duration limit) and return the results."""
-        result = self.future.result(timeout)
+        try:
+            result = self.future.result(timeout)
+        finally:
+            self._show()
         self._thread.join(5)
         return result
 
     def __await__(self) -> Any:
-        return asyncio.wrap_future(self.future).__await__()
+        return self._wait().__await__()
+
+    async def _wait(self) -> LoadTestResult:
+        # The display is updated before ``await test`` returns, not by a callback racing the rest of
+        # the awaiting cell (a notebook run may end before such a callback fires).
+        try:
+            return await asyncio.wrap_future(self.future)
+        finally:
+            self._show()
 
     def __repr__(self) -> str:
         return f"<LoadTest {'done' if self.done else 'running'} against {self.url}>"
