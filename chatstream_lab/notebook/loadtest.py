@@ -247,7 +247,6 @@ class LoadTest:
         self.url = url
         self.future: concurrent.futures.Future[LoadTestResult] = concurrent.futures.Future()
         self._handle: Any = None
-        self._shown = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, args=(options,), name="chatstream-load-test",
                                         daemon=True)
@@ -273,11 +272,16 @@ class LoadTest:
                 pass
 
     def _show(self) -> None:
-        """Replace "running…" in the cell with the outcome, once (on the kernel's thread)."""
+        """Replace "running…" in the cell with the outcome (on the kernel's thread).
+
+        Called from the worker's callback *and* by whoever awaits the test: the kernel stamps an
+        update with the parent of the code running it, and a headless runner (nbclient) keeps only
+        those of the cell it is executing, so the awaiting cell's own update is the one that counts
+        there; a live frontend applies either (the same content twice is harmless).
+        """
         from IPython.display import HTML
 
-        if self._handle is not None and self.future.done() and not self._shown:
-            self._shown = True
+        if self._handle is not None and self.future.done():
             self._handle.update(HTML(self._html()))
 
     def _html(self) -> str:
@@ -312,8 +316,7 @@ class LoadTest:
         return self._wait().__await__()
 
     async def _wait(self) -> LoadTestResult:
-        # The display is updated before ``await test`` returns, not by a callback racing the rest of
-        # the awaiting cell (a notebook run may end before such a callback fires).
+        # The display is updated before ``await test`` returns, in the awaiting cell (see _show).
         try:
             return await asyncio.wrap_future(self.future)
         finally:

@@ -119,17 +119,15 @@ class _RecordingHandle:
 
 
 async def test_displayed_load_test_shows_its_table_before_await_returns(make_lab):
-    # The cell's "running…" display must hold the results by the time ``await test`` returns, even
-    # when the worker thread's own display callback has not run yet (a notebook run can end first).
+    # The cell's "running…" display must hold the results by the time ``await test`` returns, sent by
+    # the awaiting cell itself: nbclient drops a worker callback's update stamped with another parent.
     lab = make_lab(token_delay=0.001)
     ep = lab.serve()
     test = ep.load_test(clients=2, requests=2, max_new_tokens=4)
     test._loop = None  # the worker thread schedules no callback: only the awaiter can update
     test._handle = handle = _RecordingHandle()
     await test
-    assert len(handle.updates) == 1 and "throughput (tokens/s)" in handle.updates[0]
-    test.result()
-    assert len(handle.updates) == 1  # shown once
+    assert handle.updates and "throughput (tokens/s)" in handle.updates[-1]
     ep.stop()
 
 
