@@ -23,7 +23,7 @@ from typing import Any
 
 from ..admission import AdmissionGate
 from ..config import SamplingParams
-from ..errors import ChatStreamLabError, InvalidParameter, QueueFull
+from ..errors import ChatStreamLabError, ConfigError, InvalidParameter, QueueFull
 from ..types import Finished, FinishReason, LifecycleObserver, Queued, RequestId, Usage
 from .decoder import BatchDecoder, Row
 from .stream import RequestStream
@@ -54,6 +54,9 @@ class Engine:
         max_queue_size: how many more may wait; one more is refused with QueueFull.
         observer: receives lifecycle events (the stats recorder).
         prefill_chunk: prompt tokens prefilled per step while other rows decode.
+        gather_s: when a request wakes an idle engine, further arrivals are admitted as long as
+            each comes within ``gather_s`` of the last (``8 * gather_s`` at most) before the first
+            forward, so a burst is prefilled together and decodes in lockstep. 0 disables it.
 
     Example:
         >>> engine = Engine(scripted_model("Hello"))            # doctest: +SKIP
@@ -64,11 +67,16 @@ class Engine:
     """
 
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
-                 observer: LifecycleObserver | None = None, prefill_chunk: int = 256) -> None:
+                 observer: LifecycleObserver | None = None, prefill_chunk: int = 256,
+                 gather_s: float = 0.01) -> None:
+        if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
+            raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
+                              name="gather_s")
         self.model = model
         self.gate = AdmissionGate(num_of_concurrent_executions, max_queue_size)
         self.observer: LifecycleObserver = observer or _NullObserver()
         self.prefill_chunk = prefill_chunk
+        self.gather_s = float(gather_s)
         self._lock = threading.Lock()
         self._waiting: dict[RequestId, Row] = {}
         self._cancelled: set[RequestId] = set()
@@ -190,6 +198,24 @@ class Engine:
             self.observer.on_admitted(rid)
             decoder.add(row)
 
+    def _gather_burst(self, decoder: BatchDecoder) -> None:
+        """Before the first forward after idle, admit the rest of a burst that is still arriving.
+
+        Requests sent together reach the engine a few ms apart (each is parsed and tokenized on
+        the server's thread). Prefilling the first one alone would put the others a prefill
+        behind, and the batch would then run partial steps at both ends; waiting while arrivals
+        keep coming costs a lone request at most ``gather_s`` of time to first token.
+        """
+        if self.gather_s <= 0:
+            return
+        deadline = time.monotonic() + 8 * self.gather_s
+        while not self._closing.is_set() and self.gate.snapshot().running < self.gate.limit:
+            left = deadline - time.monotonic()
+            self._wake.clear()
+            if left <= 0 or not self._wake.wait(min(self.gather_s, left)):
+                return
+            self._admit(decoder)
+
     def _announce_positions(self) -> None:
         with self._lock:
             waiting = dict(self._waiting)
@@ -218,6 +244,8 @@ class Engine:
                 if not decoder.has_work:
                     self._wake.wait(0.25)
                     continue
+                if not decoder.active and decoder.pending:  # woken from idle
+                    self._gather_burst(decoder)
                 decoder.step()
                 self.steps += 1
         except BaseException as exc:  # never leave consumers hanging, whatever happened

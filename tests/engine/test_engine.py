@@ -10,7 +10,7 @@ import pytest
 
 from chatstream_lab.config import SamplingParams
 from chatstream_lab.engine import Engine
-from chatstream_lab.errors import InvalidParameter, QueueFull
+from chatstream_lab.errors import ConfigError, InvalidParameter, QueueFull
 from chatstream_lab.types import Delta, Finished, FinishReason, Queued
 
 GREEDY = SamplingParams(temperature=0)
@@ -215,3 +215,44 @@ def test_inline_stream_cancelled_from_another_thread(scripted) -> None:
     final = seen[-1]
     assert isinstance(final, Finished) and final.finish_reason is FinishReason.CANCELLED
     assert 0 < len(final.text) < 400 and sum(isinstance(e, Finished) for e in seen) == 1
+
+
+def _record_prefills(engine: Engine) -> list[int]:
+    """Sizes of the prefills the engine runs (1: a prompt alone, n: a group of n)."""
+    backend = engine._decoder.backend
+    sizes: list[int] = []
+    alone, group = backend.prefill, backend.prefill_group
+
+    def prefill(pf, budget):
+        sizes.append(1)
+        return alone(pf, budget)
+
+    def prefill_group(prompts):
+        sizes.append(len(prompts))
+        return group(prompts)
+
+    backend.prefill, backend.prefill_group = prefill, prefill_group
+    return sizes
+
+
+@pytest.mark.parametrize(("gather_s", "expected"), [(0.2, [4]), (0.0, None)])
+def test_a_burst_reaching_an_idle_engine_is_prefilled_together(scripted, make_engine, gather_s, expected):
+    # Requests sent together arrive a few ms apart; an idle engine waits for the rest of the
+    # burst (each within gather_s of the last) instead of prefilling the first one alone.
+    lm = scripted("The same reply for everyone.", token_delay=0.005)
+    engine = make_engine(lm, num_of_concurrent_executions=4, gather_s=gather_s)
+    sizes = _record_prefills(engine)
+    streams = []
+    for i in range(4):
+        streams.append(engine.submit(_ids(lm, f"question {i}"), GREEDY))
+        time.sleep(0.02)
+    assert all(s.text(10) == "The same reply for everyone." for s in streams)
+    if expected is not None:
+        assert sizes == expected
+    else:
+        assert sizes[0] == 1 and len(sizes) > 1  # no gathering: the first prompt went in alone
+
+
+def test_gather_s_is_validated(scripted) -> None:
+    with pytest.raises(ConfigError, match="gather_s"):
+        Engine(scripted("x"), gather_s=-1)

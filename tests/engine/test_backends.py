@@ -1,0 +1,62 @@
+"""The HF backend's two speed-ups must not change a single number: the in-place KV layer and the
+oneDNN output head, each checked against the stock path it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chatstream_lab.engine.backends import HFBackend, PackedHead, _spare_room_layer_class
+
+DynamicLayer = pytest.importorskip("transformers.cache_utils").DynamicLayer
+
+
+def test_spare_room_layer_appends_like_the_stock_layer() -> None:
+    torch.manual_seed(0)
+    ours, stock = _spare_room_layer_class()(), DynamicLayer()
+    steps = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 200, 1)]  # a prefill, decode steps, a long chunk
+    for i, k in enumerate(steps):
+        v = k * 2
+        got, want = ours.update(k, v), stock.update(k, v)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        assert ours.get_seq_length() == stock.get_seq_length()
+        if i == 1:  # someone (a join or leave) replaces the tensors: the next append starts from them
+            for layer in (ours, stock):
+                layer.keys, layer.values = layer.keys[:1, :, 2:].clone(), layer.values[:1, :, 2:].clone()
+            steps[2:] = [s[:1] for s in steps[2:]]
+    assert ours.keys.shape == (1, 3, 206, 4)  # 6 - 2 trimmed + 202
+
+
+def test_spare_room_layer_does_not_copy_the_cache_each_step() -> None:
+    layer = _spare_room_layer_class()()
+    layer.update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4))
+    base = layer.keys.data_ptr()
+    for _ in range(20):
+        layer.update(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
+    assert layer.keys.data_ptr() == base and layer.get_seq_length() == 30
+
+
+@pytest.mark.real_model
+def test_packed_head_gives_the_models_own_logits(real_model) -> None:
+    head = PackedHead.supported(real_model.model)
+    if head is None:
+        pytest.skip("no oneDNN linear in this torch build")
+    hidden = torch.randn(5, head.in_features)
+    with torch.inference_mode():
+        torch.testing.assert_close(PackedHead(head)(hidden), head(hidden), rtol=1e-4, atol=1e-3)
+    backend = HFBackend(real_model.model)
+    assert backend._head is not None  # SmolLM2 (llama, fp32, CPU) takes the fast path
+
+
+def test_packed_head_is_not_used_where_logits_are_not_a_plain_projection() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1)
+    model = LlamaForCausalLM(cfg).eval()
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    assert PackedHead.supported(model) is model.lm_head
+    assert PackedHead.supported(model.to(torch.bfloat16)) is None  # float32 only
+    model.config.model_type = "gemma2"  # soft-capped logits: the model's own forward is kept
+    assert PackedHead.supported(model.float()) is None
