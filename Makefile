@@ -35,7 +35,7 @@ chat: setup
 	$(BIN)/chatstream-lab chat
 
 lint: setup
-	$(BIN)/ruff check chatstream_lab tests benchmarks
+	$(BIN)/ruff check chatstream_lab tests benchmarks notebooks
 
 test: setup browser lint
 	$(BIN)/python -m pytest -q
