@@ -22,104 +22,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .kvcache import can_load, get_kv, load_kv, new_cache, pad_left, set_kv
+from .prefix_cache import PrefixCache, PrefixHit
+
 Key = Hashable
-
-
-# -- KV cache access, across transformers versions ------------------------------------------
-def _new_cache(model: Any) -> Any:
-    from transformers import DynamicCache
-
-    try:
-        cache = DynamicCache(config=model.config)
-    except TypeError:  # transformers < 4.56
-        return DynamicCache()
-    layers = getattr(cache, "layers", None)
-    spare_room = _spare_room_layer_class()
-    if layers and spare_room is not None:
-        from transformers.cache_utils import DynamicLayer
-
-        cache.layers = [spare_room() if type(layer) is DynamicLayer else layer for layer in layers]
-    return cache
-
-
-_SPARE_ROOM: list[Any] = []  # the class, made on first use (transformers is imported lazily)
-
-
-def _spare_room_layer_class() -> Any:
-    """A ``DynamicLayer`` that appends each step's keys/values in place, into spare room.
-
-    Why: the stock layer concatenates the whole cache every step (per layer, keys and values):
-    at batch 16 that copying grows with the sequence and costs several % of a decode step. Here
-    the layer keeps a buffer with room for ``GROW`` more positions and exposes the filled part
-    as a view. Anything that replaces ``keys``/``values`` (a join or leave of the backend) is
-    simply copied into a fresh buffer on the next append.
-    """
-    if _SPARE_ROOM:
-        return _SPARE_ROOM[0]
-    try:
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # transformers < 4.56: no per-layer cache objects
-        _SPARE_ROOM.append(None)
-        return None
-
-    class SpareRoomLayer(DynamicLayer):  # type: ignore[misc, valid-type]
-        GROW = 128
-
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._room: tuple[torch.Tensor, torch.Tensor] | None = None
-
-        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-                   **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            keys, values = self.keys, self.values
-            old = keys.shape[-2] if keys.numel() else 0
-            new = old + key_states.shape[-2]
-            room = self._room
-            if (room is None or old == 0 or keys.data_ptr() != room[0].data_ptr()
-                    or values.data_ptr() != room[1].data_ptr() or room[0].shape[:2] != key_states.shape[:2]
-                    or new > room[0].shape[-2]):
-                b, h, _, d = key_states.shape
-                room = (key_states.new_empty(b, h, new + self.GROW, d),
-                        value_states.new_empty(b, h, new + self.GROW, value_states.shape[-1]))
-                if old:
-                    room[0][:, :, :old].copy_(keys)
-                    room[1][:, :, :old].copy_(values)
-                self._room = room
-            room[0][:, :, old:new].copy_(key_states)
-            room[1][:, :, old:new].copy_(value_states)
-            self.keys, self.values = room[0][:, :, :new], room[1][:, :, :new]
-            return self.keys, self.values
-
-        def reset(self) -> None:
-            self._room = None
-            super().reset()
-
-    _SPARE_ROOM.append(SpareRoomLayer)
-    return SpareRoomLayer
-
-
-def _get_kv(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    if hasattr(cache, "layers"):
-        return [(layer.keys, layer.values) for layer in cache.layers]
-    return list(zip(cache.key_cache, cache.value_cache))
-
-
-def _set_kv(cache: Any, kv: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    if hasattr(cache, "layers"):
-        for layer, (k, v) in zip(cache.layers, kv):
-            layer.keys, layer.values = k, v
-    else:
-        cache.key_cache[:] = [k for k, _ in kv]
-        cache.value_cache[:] = [v for _, v in kv]
-
-
-def _pad_left(x: torch.Tensor, n: int, dim_from_end: int) -> torch.Tensor:
-    if n == 0:
-        return x
-    pad = [0, 0] * dim_from_end + [n, 0]
-    return F.pad(x, pad)
 
 
 # -- the output projection, through oneDNN on CPU -------------------------------------------
@@ -173,6 +79,7 @@ class Prefill:
     done: int = 0
     cache: Any = None
     mask: torch.Tensor | None = None  # [P, T] for a padded group; None: one unpadded row
+    store_at: int = 0  # keep the KV of the first ``store_at`` tokens as a shared prefix (0: no)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -183,14 +90,20 @@ class Prefill:
 class HFBackend:
     """Batched decode over a HuggingFace causal LM with a left-padded shared KV cache."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, prefix_cache_bytes: int = 64 << 20) -> None:
         self._model = model
         self._device = next(model.parameters()).device
+        self.prefixes: PrefixCache | None = None
+        if prefix_cache_bytes > 0 and can_load(new_cache(model)):
+            self.prefixes = PrefixCache(model, prefix_cache_bytes)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         head = PackedHead.supported(model)
         self._head: PackedHead | None = PackedHead(head) if head is not None else None
+        if self._head is not None:
+            base = inspect.signature(model.model.forward).parameters
+            self._base_cache_kw = "cache" if "cache" in base else "past_key_values"
         self._head_checked = False
         self.reset()
 
@@ -207,7 +120,7 @@ class HFBackend:
         with torch.inference_mode():
             if self._head is not None:
                 out = self._model.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                        past_key_values=cache, use_cache=True)
+                                        use_cache=True, **{self._base_cache_kw: cache})
                 return self._project(out.last_hidden_state[:, -1, :])
             kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
             if self._keep_kw:
@@ -232,35 +145,74 @@ class HFBackend:
         return expected
 
     def start(self, prompt_ids: Sequence[int]) -> Prefill:
-        return Prefill(list(prompt_ids), cache=_new_cache(self._model))
+        pf = Prefill(list(prompt_ids), cache=new_cache(self._model))
+        if self.prefixes is None:
+            return pf
+        hit = self.prefixes.lookup([pf.ids])
+        if hit is not None:  # the shared start is already computed: run only the rest
+            load_kv(pf.cache, hit.kv)
+            pf.done = hit.length
+        else:  # stop the first chunk where this prompt stops sharing, and keep that KV
+            pf.store_at = self.prefixes.shareable([pf.ids])
+        self.prefixes.remember([pf.ids])
+        return pf
 
     def prefill(self, pf: Prefill, budget: int) -> torch.Tensor | None:
         """Run up to ``budget`` prompt tokens; returns the last logits [V] once the prompt is in."""
         n = min(budget, pf.remaining)
+        if pf.done < pf.store_at:
+            n = min(n, pf.store_at - pf.done)
         chunk = torch.tensor([pf.ids[pf.done:pf.done + n]], dtype=torch.long, device=self._device)
         logits = self._forward(chunk, pf.cache)
         pf.done += n
+        if pf.done == pf.store_at and self.prefixes is not None:
+            self.prefixes.store(pf.ids[:pf.done], get_kv(pf.cache))
         return logits[0] if pf.remaining == 0 else None
 
     def prefill_group(self, prompts: Sequence[Sequence[int]]) -> tuple[Prefill, torch.Tensor]:
-        """Prefill several prompts in ONE left-padded forward; returns the group and logits [P, V]."""
-        length = max(len(p) for p in prompts)
+        """Prefill several prompts in ONE padded forward; returns the group and logits [P, V].
+
+        Rows are ``[shared prefix | padding | rest of the prompt]``: the prefix (see
+        :class:`PrefixCache`; empty without one) is computed once, and only the rests are run.
+        """
+        prefix = self._shared_prefix(prompts)
+        n = prefix.length if prefix is not None else 0
+        length = max(len(p) for p in prompts) - n
         ids = torch.zeros(len(prompts), length, dtype=torch.long, device=self._device)
-        mask = torch.zeros_like(ids)
+        mask = torch.zeros(len(prompts), n + length, dtype=torch.long, device=self._device)
+        mask[:, :n] = 1
         for i, p in enumerate(prompts):
-            ids[i, length - len(p):] = torch.tensor(list(p), dtype=torch.long)
-            mask[i, length - len(p):] = 1
-        pf = Prefill([], cache=_new_cache(self._model), mask=mask)
-        logits = self._forward(ids, pf.cache, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+            rest = list(p[n:])
+            ids[i, length - len(rest):] = torch.tensor(rest, dtype=torch.long)
+            mask[i, n + length - len(rest):] = 1
+        pf = Prefill([], cache=new_cache(self._model), mask=mask)
+        if prefix is not None:
+            load_kv(pf.cache, [(k.expand(len(prompts), -1, -1, -1), v.expand(len(prompts), -1, -1, -1))
+                               for k, v in prefix.kv])
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n:]
+        logits = self._forward(ids, pf.cache, mask, pos)
         # padded positions hold no information: zero them so nothing odd can leak through them
-        keep = mask[:, None, :, None].to(_get_kv(pf.cache)[0][0].dtype)
-        _set_kv(pf.cache, [(k * keep, v * keep) for k, v in _get_kv(pf.cache)])
+        keep = mask[:, None, :, None].to(get_kv(pf.cache)[0][0].dtype)
+        set_kv(pf.cache, [(k * keep, v * keep) for k, v in get_kv(pf.cache)])
         return pf, logits
+
+    def _shared_prefix(self, prompts: Sequence[Sequence[int]]) -> PrefixHit | None:
+        """A stored prefix of every prompt, or a new one computed now if they share enough."""
+        if self.prefixes is None:
+            return None
+        hit = self.prefixes.lookup(prompts)
+        if hit is None and (n := self.prefixes.shareable(prompts)):
+            cache = new_cache(self._model)
+            self._forward(torch.tensor([list(prompts[0][:n])], dtype=torch.long, device=self._device), cache)
+            self.prefixes.store(prompts[0][:n], get_kv(cache))
+            hit = self.prefixes.lookup(prompts)
+        self.prefixes.remember(prompts)
+        return hit
 
     def join(self, keys: Key | list[Key], pf: Prefill, keep: Sequence[int] | None = None) -> None:
         """Add the rows of ``pf`` (one prompt, or the ``keep`` rows of a group) to the batch."""
         keys = keys if isinstance(keys, list) else [keys]
-        kv = _get_kv(pf.cache)
+        kv = get_kv(pf.cache)
         mask = pf.mask if pf.mask is not None else torch.ones(1, kv[0][0].shape[2], dtype=torch.long,
                                                                  device=self._device)
         if keep is not None and len(keep) < mask.shape[0]:
@@ -269,7 +221,7 @@ class HFBackend:
             first = int(mask.any(dim=0).nonzero()[0])
             mask = mask[:, first:]
             kv = [(k.index_select(0, idx)[:, :, first:], v.index_select(0, idx)[:, :, first:]) for k, v in kv]
-            _set_kv(pf.cache, kv)
+            set_kv(pf.cache, kv)
         pos = mask.sum(dim=-1)
         if self._cache is None:
             self._cache, self._mask, self._next_pos = pf.cache, mask, pos
@@ -278,12 +230,12 @@ class HFBackend:
             t_batch, t_new = self._mask.shape[1], mask.shape[1]
             t = max(t_batch, t_new)
             merged = [
-                (torch.cat([_pad_left(kb, t - t_batch, 1), _pad_left(kn, t - t_new, 1)]),
-                 torch.cat([_pad_left(vb, t - t_batch, 1), _pad_left(vn, t - t_new, 1)]))
-                for (kb, vb), (kn, vn) in zip(_get_kv(self._cache), kv)
+                (torch.cat([pad_left(kb, t - t_batch, 1), pad_left(kn, t - t_new, 1)]),
+                 torch.cat([pad_left(vb, t - t_batch, 1), pad_left(vn, t - t_new, 1)]))
+                for (kb, vb), (kn, vn) in zip(get_kv(self._cache), kv)
             ]
-            _set_kv(self._cache, merged)
-            self._mask = torch.cat([_pad_left(self._mask, t - t_batch, 0), _pad_left(mask, t - t_new, 0)])
+            set_kv(self._cache, merged)
+            self._mask = torch.cat([pad_left(self._mask, t - t_batch, 0), pad_left(mask, t - t_new, 0)])
             self._next_pos = torch.cat([self._next_pos, pos])
         pf.cache = None
         self.rows.extend(keys)
@@ -312,8 +264,8 @@ class HFBackend:
         idx = torch.tensor(keep, dtype=torch.long, device=self._device)
         mask = self._mask.index_select(0, idx)
         first = int(mask.any(dim=0).nonzero()[0])  # leading columns that are padding in every row
-        _set_kv(self._cache, [(k.index_select(0, idx)[:, :, first:], v.index_select(0, idx)[:, :, first:])
-                              for k, v in _get_kv(self._cache)])
+        set_kv(self._cache, [(k.index_select(0, idx)[:, :, first:], v.index_select(0, idx)[:, :, first:])
+                              for k, v in get_kv(self._cache)])
         self._mask = mask[:, first:]
         self._next_pos = self._next_pos.index_select(0, idx)
         self.rows = [self.rows[i] for i in keep]
@@ -383,7 +335,7 @@ class ScriptedBackend:
             self._scripts.pop(k, None)
 
 
-def make_backend(loaded: Any) -> HFBackend | ScriptedBackend:
+def make_backend(loaded: Any, prefix_cache_bytes: int = 64 << 20) -> HFBackend | ScriptedBackend:
     if loaded.is_scripted:
         return ScriptedBackend(loaded.model, loaded.tokenizer)
-    return HFBackend(loaded.model)
+    return HFBackend(loaded.model, prefix_cache_bytes)

@@ -78,9 +78,9 @@ class BatchDecoder:
     """Owns the backend and the rows; ``step()`` advances every row by at most one token."""
 
     def __init__(self, loaded: Any, *, on_retire: RetireFn, on_first_token: Callable[[Row], None]
-                 | None = None, prefill_chunk: int = 256) -> None:
+                 | None = None, prefill_chunk: int = 256, prefix_cache_bytes: int = 64 << 20) -> None:
         self.loaded = loaded
-        self.backend = make_backend(loaded)
+        self.backend = make_backend(loaded, prefix_cache_bytes)
         self.detokenizers = DetokenizerFactory(loaded.tokenizer)
         self._on_retire = on_retire
         self._on_first_token = on_first_token

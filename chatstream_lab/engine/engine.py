@@ -57,6 +57,8 @@ class Engine:
         gather_s: when a request wakes an idle engine, further arrivals are admitted as long as
             each comes within ``gather_s`` of the last (``8 * gather_s`` at most) before the first
             forward, so a burst is prefilled together and decodes in lockstep. 0 disables it.
+        prefix_cache_mb: memory for the keys/values of prompt prefixes that requests share (a
+            template's system prompt), prefilled once and reused; 0 disables it.
 
     Example:
         >>> engine = Engine(scripted_model("Hello"))            # doctest: +SKIP
@@ -68,7 +70,7 @@ class Engine:
 
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  observer: LifecycleObserver | None = None, prefill_chunk: int = 256,
-                 gather_s: float = 0.01) -> None:
+                 gather_s: float = 0.01, prefix_cache_mb: float = 64.0) -> None:
         if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
             raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
                               name="gather_s")
@@ -77,6 +79,10 @@ class Engine:
         self.observer: LifecycleObserver = observer or _NullObserver()
         self.prefill_chunk = prefill_chunk
         self.gather_s = float(gather_s)
+        if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or prefix_cache_mb < 0:
+            raise ConfigError(f"prefix_cache_mb must be a number >= 0, got {prefix_cache_mb!r}",
+                              name="prefix_cache_mb")
+        self.prefix_cache_mb = float(prefix_cache_mb)
         self._lock = threading.Lock()
         self._waiting: dict[RequestId, Row] = {}
         self._cancelled: set[RequestId] = set()
@@ -101,7 +107,8 @@ class Engine:
             if self._thread is None:
                 self._decoder = BatchDecoder(self.model, on_retire=self._retire,
                                              on_first_token=self._first_token,
-                                             prefill_chunk=self.prefill_chunk)
+                                             prefill_chunk=self.prefill_chunk,
+                                             prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)))
                 self._thread = threading.Thread(target=self._run, name="chatstream-engine", daemon=True)
                 self._thread.start()
         return self

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatstream_lab.engine.backends import HFBackend, PackedHead, _spare_room_layer_class
+from chatstream_lab.engine.backends import HFBackend, PackedHead
+from chatstream_lab.engine.kvcache import spare_room_layer_class
 
 DynamicLayer = pytest.importorskip("transformers.cache_utils").DynamicLayer
 
 
 def test_spare_room_layer_appends_like_the_stock_layer() -> None:
     torch.manual_seed(0)
-    ours, stock = _spare_room_layer_class()(), DynamicLayer()
+    ours, stock = spare_room_layer_class()(), DynamicLayer()
     steps = [torch.randn(2, 3, n, 4) for n in (5, 1, 1, 200, 1)]  # a prefill, decode steps, a long chunk
     for i, k in enumerate(steps):
         v = k * 2
@@ -28,7 +29,7 @@ def test_spare_room_layer_appends_like_the_stock_layer() -> None:
 
 
 def test_spare_room_layer_does_not_copy_the_cache_each_step() -> None:
-    layer = _spare_room_layer_class()()
+    layer = spare_room_layer_class()()
     layer.update(torch.randn(1, 2, 10, 4), torch.randn(1, 2, 10, 4))
     base = layer.keys.data_ptr()
     for _ in range(20):

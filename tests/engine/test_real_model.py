@@ -58,6 +58,27 @@ def test_batched_greedy_equals_single_request(real_model) -> None:
     assert batched == singles
 
 
+def test_shared_prompt_prefix_is_prefilled_once_and_changes_no_reply(real_model) -> None:
+    questions = ["What is the capital of France?", "Hi", "List three colors.", "What is 2+2?",
+                 "Explain gravity in one sentence.", "Name a fruit that is red."]
+    ids = [encode_messages(real_model, q)[0] for q in questions]
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+
+    def run(prefix_cache_mb: float):
+        with Engine(real_model, num_of_concurrent_executions=6, max_queue_size=0,
+                    prefix_cache_mb=prefix_cache_mb) as engine:
+            texts = [s.text(timeout=120) for s in [engine.submit(i, params) for i in ids]]
+            again = engine.submit(ids[0], params).text(timeout=60)  # one prompt alone: the chunked path
+            return texts, again, engine._decoder.backend.prefixes
+
+    cached, again, prefixes = run(64)
+    plain, again_plain, disabled = run(0)
+    assert disabled is None and prefixes is not None
+    assert cached == plain and again == again_plain == cached[0]
+    system_prompt = 20  # the default system prompt and the user marker are ~24 tokens
+    assert prefixes.hits == len(ids) + 1 and prefixes.tokens_reused >= (len(ids) + 1) * system_prompt
+
+
 def test_seeded_sampling_is_reproducible_whatever_the_batch(real_model) -> None:
     ids, _ = encode_messages(real_model, "Tell me something about the moon.")
     params = SamplingParams(temperature=0.9, top_p=0.95, seed=1234, max_new_tokens=16)
