@@ -54,7 +54,7 @@ def serve_ours(args: argparse.Namespace) -> None:
     import chatstream_lab as csl
     from chatstream_lab.server import BackgroundServer, ChatStream
 
-    lm = csl.load_model(dtype="float32", progress=False)
+    lm = csl.load_model(dtype=args.dtype, progress=False)
     cs = ChatStream(model=lm, num_of_concurrent_executions=args.limit, max_queue_size=args.max_queue_size,
                     max_new_tokens=args.max_new_tokens, temperature=0.0)
     cs.start()
@@ -77,7 +77,7 @@ def serve_naive(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextIteratorStreamer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     app = FastAPI()
 
     @app.get("/health")
@@ -175,7 +175,7 @@ def serve_raw(args: argparse.Namespace) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     print("READY 0", flush=True)
     for line in sys.stdin:
         if not line.strip():
@@ -196,6 +196,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=16, help="num_of_concurrent_executions (ours)")
     ap.add_argument("--max-queue-size", type=int, default=64)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args()
     {"ours": serve_ours, "naive": serve_naive, "raw": serve_raw}[args.system](args)
 

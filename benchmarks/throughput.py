@@ -170,6 +170,8 @@ def start_system(name: str, args: argparse.Namespace, model_dir: Path, log_dir: 
     py = sys.executable
     common = ["--max-new-tokens", str(args.max_new_tokens)]
     limit = max(args.concurrency)
+    if name in ("raw", "ours", "naive"):  # the predecessor's server stays float32 (its own loader)
+        common += ["--dtype", args.dtype]
     if name == "raw":
         argv = [py, str(HERE / "_systems.py"), "raw", "--model", str(model_dir), *common]
     elif name == "ours":
@@ -393,6 +395,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="C = 1,4, 16 tokens, one round: to check the plumbing")
     ap.add_argument("--model-dir", default=None,
                     help="plain HF copy of the model (default: load_model's converted copy)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights of ours, raw and naive (chatstream 0.3.0 always loads float32)")
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP_NUM_THREADS for every system (default: torch's own choice, one per core)")
     ap.add_argument("--out", default=str(RESULTS / "throughput.json"))
@@ -477,7 +481,7 @@ def main() -> None:
         "benchmark": "throughput", "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_start)),
         "duration_s": round(time.time() - t_start, 1), **machine(),
         "loadavg_before": load_before, "loadavg_after": load_after,
-        "model_dir": str(model_dir), "dtype": "float32", "sampling": "greedy",
+        "model_dir": str(model_dir), "dtype": args.dtype, "sampling": "greedy",
         "omp_num_threads": args.threads or None,
         "max_new_tokens": args.max_new_tokens, "concurrency": args.concurrency, "systems": systems,
         "prompts": PROMPTS, "token_counting": "final reply text re-tokenized (add_special_tokens=False)",
