@@ -14,7 +14,9 @@ dropped with ``index_select`` and all-padding columns are trimmed from the left.
 from __future__ import annotations
 
 import inspect
+import threading
 import time
+import weakref
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +42,15 @@ class PackedHead:
     Why: on CPU the 49152 x 576 projection of SmolLM2 is a fifth of a batch-16 decode step, and
     oneDNN runs it about twice as fast as the default sgemm (``benchmarks/profile_engine.py``).
     The packed copy (one more copy of the head's weights) is rebuilt when the weights change
-    in place (their version counter moves), so editing the model in a notebook is safe.
+    in place (their version counter moves), so editing the model in a notebook is safe. Its first
+    projection is checked against the head's own; on a mismatch the plain head is used.
     """
 
     def __init__(self, linear: torch.nn.Linear) -> None:
-        self._linear = linear
+        self._linear = weakref.ref(linear)  # the memo below is keyed by the module: no cycle
         self._packed: torch.Tensor | None = None
         self._key: tuple[int, int] | None = None
+        self.verified: bool | None = None  # None until the first projection
 
     @staticmethod
     def supported(model: Any) -> torch.nn.Linear | None:
@@ -62,13 +66,42 @@ class PackedHead:
             return None
         return head
 
+    @classmethod
+    def for_model(cls, model: Any) -> PackedHead | None:
+        """The model's packed head, shared by every backend of the model (packing costs ~60 ms and
+        a copy of the weights: an inline ``stream()`` makes a backend per request)."""
+        head = cls.supported(model)
+        if head is None:
+            return None
+        with _PACKED_LOCK:
+            packed = _PACKED.get(head)
+            if packed is None:
+                packed = _PACKED[head] = cls(head)
+        return packed
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        w = self._linear.weight
+        linear = self._linear()
+        assert linear is not None
+        if self.verified is None:
+            expected = linear(hidden)
+            try:
+                self.verified = torch.allclose(self._packed_linear(linear, hidden), expected, rtol=1e-4, atol=1e-3)
+            except RuntimeError:
+                self.verified = False
+            return expected
+        return self._packed_linear(linear, hidden) if self.verified else linear(hidden)
+
+    def _packed_linear(self, linear: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+        w = linear.weight
         key = (w.data_ptr(), w._version)
         if key != self._key:
             self._packed, self._key = w.detach().to_mkldnn(), key
-        return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), self._packed, self._linear.bias,
-                                                  "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), self._packed, linear.bias, "none", [], "")
+
+
+# A memo, not state: one packed head per head module, gone with the module.
+_PACKED: weakref.WeakKeyDictionary[torch.nn.Linear, PackedHead] = weakref.WeakKeyDictionary()
+_PACKED_LOCK = threading.Lock()
 
 
 @dataclass
@@ -99,12 +132,10 @@ class HFBackend:
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
-        head = PackedHead.supported(model)
-        self._head: PackedHead | None = PackedHead(head) if head is not None else None
+        self._head = PackedHead.for_model(model)
         if self._head is not None:
             base = inspect.signature(model.model.forward).parameters
             self._base_cache_kw = "cache" if "cache" in base else "past_key_values"
-        self._head_checked = False
         self.reset()
 
     def reset(self) -> None:
@@ -121,28 +152,12 @@ class HFBackend:
             if self._head is not None:
                 out = self._model.model(input_ids=ids, attention_mask=mask, position_ids=pos,
                                         use_cache=True, **{self._base_cache_kw: cache})
-                return self._project(out.last_hidden_state[:, -1, :])
+                return self._head(out.last_hidden_state[:, -1, :])
             kw: dict[str, Any] = {self._cache_kw: cache, "use_cache": True}
             if self._keep_kw:
                 kw[self._keep_kw] = 1
             out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
         return out.logits[:, -1, :]
-
-    def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        assert self._head is not None
-        plain = self._model.get_output_embeddings()
-        if self._head_checked:
-            return self._head(hidden)
-        # first use: the packed path must agree with the model's own head, or it is not used
-        self._head_checked = True
-        expected = plain(hidden)
-        try:
-            if torch.allclose(self._head(hidden), expected, rtol=1e-4, atol=1e-3):
-                return expected
-        except RuntimeError:
-            pass
-        self._head = None
-        return expected
 
     def start(self, prompt_ids: Sequence[int]) -> Prefill:
         pf = Prefill(list(prompt_ids), cache=new_cache(self._model))

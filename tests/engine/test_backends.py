@@ -43,10 +43,23 @@ def test_packed_head_gives_the_models_own_logits(real_model) -> None:
     if head is None:
         pytest.skip("no oneDNN linear in this torch build")
     hidden = torch.randn(5, head.in_features)
+    packed = PackedHead.for_model(real_model.model)
     with torch.inference_mode():
-        torch.testing.assert_close(PackedHead(head)(hidden), head(hidden), rtol=1e-4, atol=1e-3)
-    backend = HFBackend(real_model.model)
-    assert backend._head is not None  # SmolLM2 (llama, fp32, CPU) takes the fast path
+        first = packed(hidden)  # the first projection is the plain head's, and checks the packed one
+        assert packed.verified is True and torch.equal(first, head(hidden))
+        torch.testing.assert_close(packed(hidden), head(hidden), rtol=1e-4, atol=1e-3)
+    # SmolLM2 (llama, fp32, CPU) takes the fast path, and every backend of the model shares one head
+    assert HFBackend(real_model.model)._head is HFBackend(real_model.model)._head is packed
+
+
+def test_a_packed_head_that_disagrees_is_not_used(monkeypatch) -> None:
+    linear = torch.nn.Linear(8, 32, bias=False)
+    packed = PackedHead(linear)
+    monkeypatch.setattr(packed, "_packed_linear", lambda _linear, h: torch.zeros(h.shape[0], 32))
+    hidden = torch.randn(2, 8)
+    with torch.inference_mode():
+        assert torch.equal(packed(hidden), linear(hidden)) and packed.verified is False
+        assert torch.equal(packed(hidden), linear(hidden))
 
 
 def test_packed_head_is_not_used_where_logits_are_not_a_plain_projection() -> None:
