@@ -13,6 +13,7 @@ dropped with ``index_select`` and all-padding columns are trimmed from the left.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
@@ -23,6 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from .kvcache import can_load, get_kv, load_kv, new_cache, pad_left, set_kv
 from .prefix_cache import PrefixCache, PrefixHit
@@ -104,6 +106,83 @@ _PACKED: weakref.WeakKeyDictionary[torch.nn.Linear, PackedHead] = weakref.WeakKe
 _PACKED_LOCK = threading.Lock()
 
 
+class PackedLinears(TorchFunctionMode):
+    """While active, every ``F.linear`` on a float32 CPU weight runs as a oneDNN linear over a
+    copy of the weight reordered for small batches.
+
+    Why: a batched decode step multiplies a few rows by every weight matrix; at 16 rows MKL's
+    sgemm leaves much of the machine idle, and the reordered oneDNN kernel makes the step
+    ~15-35% faster here (``benchmarks/profile_engine.py``), while at one row it is no faster.
+    The backend turns it on only for decode steps of several rows. The model is not touched:
+    the mode intercepts the calls of this thread's forward only. Costs one more copy of the
+    weights (made on first use, remade when a weight changes in place); each weight's first
+    packed product is checked against ``F.linear``, and a weight that disagrees stays plain.
+    """
+
+    MAX_BYTES = 1 << 30  # only for models whose linear weights are small enough to copy
+
+    def __init__(self, store: dict[int, tuple[tuple[int, int], torch.Tensor | None]] | None = None) -> None:
+        super().__init__()
+        self._packed = store if store is not None else {}
+
+    @classmethod
+    def for_model(cls, model: Any) -> PackedLinears | None:
+        """A mode whose packed weights are shared by every backend of ``model`` (None where the
+        path does not apply: no oneDNN, weights not float32 on CPU, or over ``MAX_BYTES``)."""
+        if not cls.available():
+            return None
+        weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        if not weights or any(w.dtype != torch.float32 or w.device.type != "cpu" for w in weights):
+            return None
+        if sum(w.numel() * w.element_size() for w in weights) > cls.MAX_BYTES:
+            return None
+        with _PACKED_LOCK:
+            store = _PACKED_LINEARS.get(model)
+            if store is None:
+                store = _PACKED_LINEARS[model] = {}
+        return cls(store)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (),
+                           kwargs: dict[str, Any] | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is F.linear and len(args) >= 2 and not kwargs:
+            x, w = args[0], args[1]
+            bias = args[2] if len(args) > 2 else None
+            if w.dtype == torch.float32 and w.device.type == "cpu" and x.dtype == torch.float32:
+                packed = self._weight(w, x, bias)
+                if packed is not None:
+                    flat = x.reshape(-1, x.shape[-1]).contiguous()
+                    y = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")
+                    return y.reshape(*x.shape[:-1], y.shape[-1])
+        return func(*args, **kwargs)
+
+    def _weight(self, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
+        key = (w.data_ptr(), w._version)
+        entry = self._packed.get(id(w))
+        if entry is not None and entry[0] == key:
+            return entry[1]
+        packed: torch.Tensor | None = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 16)
+        try:
+            probe = x.reshape(-1, x.shape[-1]).contiguous()
+            got = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
+            if not torch.allclose(got, F.linear(probe, w, bias), rtol=1e-4, atol=1e-4):
+                packed = None
+        except RuntimeError:
+            packed = None
+        self._packed[id(w)] = (key, packed)
+        return packed
+
+    @staticmethod
+    def available() -> bool:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight") \
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+# Memos, like _PACKED: the packed weights of a model, gone with the model.
+_PACKED_LINEARS: weakref.WeakKeyDictionary[Any, dict[int, tuple[tuple[int, int], torch.Tensor | None]]] = \
+    weakref.WeakKeyDictionary()
+
+
 @dataclass
 class Prefill:
     """A prompt on its way into the batch."""
@@ -133,6 +212,7 @@ class HFBackend:
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
         self._head = PackedHead.for_model(model)
+        self._linears = PackedLinears.for_model(model)
         if self._head is not None:
             base = inspect.signature(model.model.forward).parameters
             self._base_cache_kw = "cache" if "cache" in base else "past_key_values"
@@ -148,7 +228,7 @@ class HFBackend:
     def _forward(self, ids: torch.Tensor, cache: Any, mask: torch.Tensor | None = None,
                  pos: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, V] of the last position of every row, the cache extended in place."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._linears_for(ids):
             if self._head is not None:
                 out = self._model.model(input_ids=ids, attention_mask=mask, position_ids=pos,
                                         use_cache=True, **{self._base_cache_kw: cache})
@@ -158,6 +238,12 @@ class HFBackend:
                 kw[self._keep_kw] = 1
             out = self._model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw)
         return out.logits[:, -1, :]
+
+    def _linears_for(self, ids: torch.Tensor) -> Any:
+        """Packed linears for a decode step of several rows; plain ones otherwise."""
+        if self._linears is not None and ids.shape[1] == 1 and ids.shape[0] >= 2:
+            return self._linears
+        return contextlib.nullcontext()
 
     def start(self, prompt_ids: Sequence[int]) -> Prefill:
         pf = Prefill(list(prompt_ids), cache=new_cache(self._model))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatstream_lab.engine.backends import HFBackend, PackedHead
+from chatstream_lab.engine.backends import HFBackend, PackedHead, PackedLinears
 from chatstream_lab.engine.kvcache import spare_room_layer_class
 
 DynamicLayer = pytest.importorskip("transformers.cache_utils").DynamicLayer
@@ -74,3 +74,38 @@ def test_packed_head_is_not_used_where_logits_are_not_a_plain_projection() -> No
     assert PackedHead.supported(model.to(torch.bfloat16)) is None  # float32 only
     model.config.model_type = "gemma2"  # soft-capped logits: the model's own forward is kept
     assert PackedHead.supported(model.float()) is None
+
+
+def _two_layers() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(24, 48), torch.nn.ReLU(), torch.nn.Linear(48, 8, bias=False))
+
+
+def test_packed_linears_give_the_plain_results_and_follow_weight_edits() -> None:
+    model = _two_layers()
+    mode = PackedLinears.for_model(model)
+    if mode is None:
+        pytest.skip("no oneDNN linear in this torch build")
+    x = torch.randn(16, 1, 24)
+    with torch.inference_mode():
+        want = model(x)
+        with mode:
+            got = model(x)
+        assert len(mode._packed) == 2 and all(p is not None for _, p in mode._packed.values())
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        model[2].weight.mul_(-2.0)  # an in-place edit: the packed copy is remade
+    with torch.inference_mode():
+        want = model(x)
+        with mode:
+            got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert PackedLinears.for_model(model)._packed is mode._packed  # one store per model
+
+
+def test_packed_linears_leave_models_they_do_not_fit_alone(monkeypatch) -> None:
+    if not PackedLinears.available():
+        pytest.skip("no oneDNN linear in this torch build")
+    assert PackedLinears.for_model(_two_layers().to(torch.bfloat16)) is None
+    monkeypatch.setattr(PackedLinears, "MAX_BYTES", 100)
+    assert PackedLinears.for_model(_two_layers()) is None
