@@ -38,6 +38,24 @@ Key = Hashable
 _PLAIN_HEAD_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
+def write_count(t: torch.Tensor) -> int:
+    """How often ``t`` was written in place (-1 for an inference tensor, which does not count)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def _stamp(w: torch.Tensor) -> tuple[Any, int, int]:
+    """What a packed copy was made from: the tensor itself (weakly: a new tensor can reuse a dead
+    one's id and address), where its data lives, and its in-place write count."""
+    return weakref.ref(w), w.data_ptr(), write_count(w)
+
+
+def _made_from(stamp: tuple[Any, int, int] | None, w: torch.Tensor) -> bool:
+    return stamp is not None and stamp[0]() is w and stamp[1] == w.data_ptr() and stamp[2] == write_count(w)
+
+
 class PackedHead:
     """The vocabulary projection of the last position, as a oneDNN linear over prepacked weights.
 
@@ -51,7 +69,7 @@ class PackedHead:
     def __init__(self, linear: torch.nn.Linear) -> None:
         self._linear = weakref.ref(linear)  # the memo below is keyed by the module: no cycle
         self._packed: torch.Tensor | None = None
-        self._key: tuple[int, int] | None = None
+        self._stamp: tuple[Any, int, int] | None = None
         self.verified: bool | None = None  # None until the first projection
 
     @staticmethod
@@ -95,9 +113,8 @@ class PackedHead:
 
     def _packed_linear(self, linear: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
         w = linear.weight
-        key = (w.data_ptr(), w._version)
-        if key != self._key:
-            self._packed, self._key = w.detach().to_mkldnn(), key
+        if not _made_from(self._stamp, w):
+            self._packed, self._stamp = w.detach().to_mkldnn(), _stamp(w)
         return torch.ops.mkldnn._linear_pointwise(hidden.contiguous(), self._packed, linear.bias, "none", [], "")
 
 
@@ -121,7 +138,7 @@ class PackedLinears(TorchFunctionMode):
 
     MAX_BYTES = 1 << 30  # only for models whose linear weights are small enough to copy
 
-    def __init__(self, store: dict[int, tuple[tuple[int, int], torch.Tensor | None]] | None = None) -> None:
+    def __init__(self, store: dict[int, tuple[tuple[Any, int, int], torch.Tensor | None]] | None = None) -> None:
         super().__init__()
         self._packed = store if store is not None else {}
 
@@ -157,10 +174,11 @@ class PackedLinears(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _weight(self, w: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
-        key = (w.data_ptr(), w._version)
         entry = self._packed.get(id(w))
-        if entry is not None and entry[0] == key:
+        if entry is not None and _made_from(entry[0], w):
             return entry[1]
+        for dead in [k for k, (stamp, _) in self._packed.items() if stamp[0]() is None]:
+            del self._packed[dead]  # weights that were replaced: drop their copies
         packed: torch.Tensor | None = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 16)
         try:
             probe = x.reshape(-1, x.shape[-1]).contiguous()
@@ -169,7 +187,7 @@ class PackedLinears(TorchFunctionMode):
                 packed = None
         except RuntimeError:
             packed = None
-        self._packed[id(w)] = (key, packed)
+        self._packed[id(w)] = (_stamp(w), packed)
         return packed
 
     @staticmethod
@@ -179,7 +197,7 @@ class PackedLinears(TorchFunctionMode):
 
 
 # Memos, like _PACKED: the packed weights of a model, gone with the model.
-_PACKED_LINEARS: weakref.WeakKeyDictionary[Any, dict[int, tuple[tuple[int, int], torch.Tensor | None]]] = \
+_PACKED_LINEARS: weakref.WeakKeyDictionary[Any, dict[int, tuple[tuple[Any, int, int], torch.Tensor | None]]] = \
     weakref.WeakKeyDictionary()
 
 

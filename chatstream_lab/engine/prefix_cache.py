@@ -62,7 +62,7 @@ class PrefixCache:
         return len(self._entries)
 
     def _version(self) -> int:
-        return sum(p._version for p in self._model.parameters())
+        return sum(p._version if not p.is_inference() else 0 for p in self._model.parameters())
 
     def _check_weights(self) -> None:
         version = self._version()

@@ -109,3 +109,27 @@ def test_packed_linears_leave_models_they_do_not_fit_alone(monkeypatch) -> None:
     assert PackedLinears.for_model(_two_layers().to(torch.bfloat16)) is None
     monkeypatch.setattr(PackedLinears, "MAX_BYTES", 100)
     assert PackedLinears.for_model(_two_layers()) is None
+
+
+def test_packed_copies_follow_a_replaced_weight_and_drop_the_old_copy() -> None:
+    model = _two_layers()
+    mode = PackedLinears.for_model(model)
+    if mode is None:
+        pytest.skip("no oneDNN linear in this torch build")
+    x = torch.randn(4, 1, 24)
+    with torch.inference_mode(), mode:
+        model(x)
+    model[2].weight = torch.nn.Parameter(torch.randn_like(model[2].weight))  # a new tensor, not an edit
+    with torch.inference_mode():
+        want = model(x)
+        with mode:
+            got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert len(mode._packed) == 2  # the replaced weight's copy is gone
+    head = torch.nn.Linear(8, 32, bias=False)
+    packed = PackedHead(head)
+    hidden = torch.randn(2, 8)
+    with torch.inference_mode():
+        packed(hidden)
+        head.weight = torch.nn.Parameter(torch.randn_like(head.weight))
+        torch.testing.assert_close(packed(hidden), head(hidden), rtol=1e-4, atol=1e-4)
