@@ -32,6 +32,14 @@ class PrefixHit:
     kv: KV  # per layer (keys, values), each [1, H, length, D]
 
 
+def write_count(t: torch.Tensor) -> int:
+    """How often ``t`` was written in place (-1 for an inference tensor, which does not count)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
 def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -62,7 +70,7 @@ class PrefixCache:
         return len(self._entries)
 
     def _version(self) -> int:
-        return sum(p._version if not p.is_inference() else 0 for p in self._model.parameters())
+        return sum(write_count(p) for p in self._model.parameters())
 
     def _check_weights(self) -> None:
         version = self._version()

@@ -81,25 +81,30 @@ def _two_layers() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(24, 48), torch.nn.ReLU(), torch.nn.Linear(48, 8, bias=False))
 
 
-def test_packed_linears_give_the_plain_results_and_follow_weight_edits() -> None:
-    model = _two_layers()
+def _packed_mode(model: torch.nn.Module) -> PackedLinears:
     mode = PackedLinears.for_model(model)
     if mode is None:
         pytest.skip("no oneDNN linear in this torch build")
-    x = torch.randn(16, 1, 24)
-    with torch.inference_mode():
-        want = model(x)
-        with mode:
-            got = model(x)
-        assert len(mode._packed) == 2 and all(p is not None for _, p in mode._packed.values())
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    with torch.no_grad():
-        model[2].weight.mul_(-2.0)  # an in-place edit: the packed copy is remade
+    return mode
+
+
+def _assert_packed_equals_plain(model: torch.nn.Module, mode: PackedLinears, x: torch.Tensor) -> None:
     with torch.inference_mode():
         want = model(x)
         with mode:
             got = model(x)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_packed_linears_give_the_plain_results_and_follow_weight_edits() -> None:
+    model = _two_layers()
+    mode = _packed_mode(model)
+    x = torch.randn(16, 1, 24)
+    _assert_packed_equals_plain(model, mode, x)
+    assert len(mode._packed) == 2 and all(p is not None for _, p in mode._packed.values())
+    with torch.no_grad():
+        model[2].weight.mul_(-2.0)  # an in-place edit: the packed copy is remade
+    _assert_packed_equals_plain(model, mode, x)
     assert PackedLinears.for_model(model)._packed is mode._packed  # one store per model
 
 
@@ -113,18 +118,11 @@ def test_packed_linears_leave_models_they_do_not_fit_alone(monkeypatch) -> None:
 
 def test_packed_copies_follow_a_replaced_weight_and_drop_the_old_copy() -> None:
     model = _two_layers()
-    mode = PackedLinears.for_model(model)
-    if mode is None:
-        pytest.skip("no oneDNN linear in this torch build")
+    mode = _packed_mode(model)
     x = torch.randn(4, 1, 24)
-    with torch.inference_mode(), mode:
-        model(x)
+    _assert_packed_equals_plain(model, mode, x)
     model[2].weight = torch.nn.Parameter(torch.randn_like(model[2].weight))  # a new tensor, not an edit
-    with torch.inference_mode():
-        want = model(x)
-        with mode:
-            got = model(x)
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    _assert_packed_equals_plain(model, mode, x)
     assert len(mode._packed) == 2  # the replaced weight's copy is gone
     head = torch.nn.Linear(8, 32, bias=False)
     packed = PackedHead(head)
