@@ -1,6 +1,7 @@
 # One command sets up and runs the demo, one sets up and runs every check.
 #   make demo   -> virtualenv + CPU torch + bundled model, then serve the default model on 127.0.0.1:8000
-#   make test   -> the same setup + chromium, then ruff + the whole pytest suite
+#   make test   -> the same setup + chromium + llama-server (built once, cached), then ruff, mypy
+#                  and the whole pytest suite
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ TORCH_VERSION ?= 2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo chat test lint check bench clean browser
+.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,10 +35,20 @@ demo: setup
 chat: setup
 	$(BIN)/chatstream-lab chat
 
+# llama.cpp's server for the remote-engine tests and benchmarks: built from the llama.cpp sources in
+# the llama-cpp-python sdist (~8 min on 2 idle cores, once; cached under ~/.cache/chatstream_lab).
+llama-server: setup
+	bash scripts/build_llama_server.sh >/dev/null
+
 lint: setup
 	$(BIN)/ruff check chatstream_lab tests benchmarks notebooks
 
-test: setup browser lint
+# The whole package, then strict where the seams are (engine/, server/, service.py).
+typecheck: setup
+	$(BIN)/mypy
+	$(BIN)/mypy --strict --follow-imports=silent chatstream_lab/engine chatstream_lab/server chatstream_lab/service.py
+
+test: setup browser lint typecheck llama-server
 	$(BIN)/python -m pytest -q
 
 bench: setup

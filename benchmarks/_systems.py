@@ -52,13 +52,13 @@ def _wait_forever() -> None:
 # -- ours ---------------------------------------------------------------------------------------
 def serve_ours(args: argparse.Namespace) -> None:
     import chatstream_lab as csl
-    from chatstream_lab.server import BackgroundServer, ChatStream
+    from chatstream_lab.server import BackgroundServer, ChatStream, create_app
 
     lm = csl.load_model(dtype=args.dtype, progress=False)
     cs = ChatStream(model=lm, num_of_concurrent_executions=args.limit, max_queue_size=args.max_queue_size,
                     max_new_tokens=args.max_new_tokens, temperature=0.0)
     cs.start()
-    server = BackgroundServer(cs.create_app(close_on_shutdown=True), host="127.0.0.1", port=args.port).start()
+    server = BackgroundServer(create_app(cs, close_on_shutdown=True), host="127.0.0.1", port=args.port).start()
     print(f"READY {server.port}", flush=True)
     _exit_when_stdin_closes()
     try:

@@ -36,11 +36,16 @@ import chatstream_lab as csl
 from chatstream_lab.config import SamplingParams
 from chatstream_lab.engine import Engine
 from chatstream_lab.engine.decoder import BatchDecoder
-from chatstream_lab.engine.generate import encode_messages
 from chatstream_lab.engine.stream import RequestStream
+from chatstream_lab.prompts import encode_messages, resolve_template
 from chatstream_lab.types import RequestId
 
 HERE = Path(__file__).resolve().parent
+
+
+def _ids(model, messages) -> list[int]:
+    """The prompt ids of ``messages`` with the model's own chat template."""
+    return list(encode_messages(resolve_template(None, model.tokenizer), model.tokenizer, messages).ids)
 
 
 def decoder_run(lm: Any, ids: list[list[int]], n: int) -> tuple[float, int]:
@@ -119,7 +124,7 @@ def main() -> None:
     table: dict[int, dict[str, Any]] = {}
     for b in batches:
         prompts = [PROMPTS[i % len(PROMPTS)] for i in range(b)]
-        ids = [encode_messages(lm, p)[0] for p in prompts]
+        ids = [_ids(lm, p) for p in prompts]
         raw_run(lm, prompts[:2], 4)  # warm-up
         decoder_run(lm, ids[:2], 4)
         got: dict[str, list[float]] = {"raw": [], "decoder": [], "engine": []}

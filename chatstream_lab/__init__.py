@@ -36,6 +36,7 @@ _LAZY = {
     "load_model": ".models",
     "scripted_model": ".models",
     "LoadedModel": ".models",
+    "remote_model": ".models",
     "stream": ".engine",
     "Engine": ".engine",
     "RequestStream": ".engine",
@@ -73,6 +74,6 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine, RequestStream, stream
     from .lab import Lab
-    from .models import LoadedModel, load_model, scripted_model
+    from .models import LoadedModel, load_model, remote_model, scripted_model
     from .prompts import ChatPrompt, DeclarativeTemplate, JinjaTemplate, inspect_prompt, presets
     from .server import ChatStream, create_app

@@ -9,6 +9,7 @@ import argparse
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 
 def _positive_int(text: str) -> int:
@@ -44,6 +45,14 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
                    help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    p.add_argument("--upstream", action="append", default=None, metavar="URL",
+                   help="serve an OpenAI-compatible server (vLLM, llama-server) instead of a local model; "
+                        "repeat for several (least-loaded dispatch, failover)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR_OR_bundled",
+                   help="with --upstream: render prompts locally with this tokenizer (an HF directory, or "
+                        "'bundled' for SmolLM2's) and send token ids; default: the upstream's own template")
+    p.add_argument("--upstream-model", default=None, metavar="NAME",
+                   help="with --upstream: the upstream's model name (default: the first in its /v1/models)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -61,15 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import ChatStreamLabError
     from .models import load_model
-    from .server import BackgroundServer, ChatStream
+    from .server import BackgroundServer, ChatStream, create_app
 
     try:
         print("Loading model…", file=sys.stderr, flush=True)
-        model = load_model(args.model, device=args.device, dtype=args.dtype)
+        model = _remote(args) if args.upstream else load_model(args.model, device=args.device, dtype=args.dtype)
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
                                  max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)
-        app = chat_stream.create_app(token=args.token, close_on_shutdown=True)
+        app = create_app(chat_stream, token=args.token, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -84,6 +93,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         chat_stream.close()
     return 0
+
+
+def _remote(args: argparse.Namespace) -> Any:
+    """The ``--upstream`` model: our front-end in front of OpenAI-compatible servers."""
+    from .errors import ConfigError
+    from .models import load_model, remote_model
+
+    if args.model is not None:
+        raise ConfigError("--model and --upstream exclude each other: the upstream serves the model",
+                          name="model")
+    if args.template is not None and args.tokenizer is None:
+        raise ConfigError("--template renders prompts locally, which needs --tokenizer (or 'bundled')",
+                          name="template")
+    tokenizer: Any = load_model(progress=False) if args.tokenizer == "bundled" else args.tokenizer
+    return remote_model(args.upstream, args.upstream_model, tokenizer=tokenizer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

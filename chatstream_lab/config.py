@@ -12,10 +12,12 @@ import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InvalidParameter
+
+UNSET: Any = object()  # "not given" for optional keyword arguments (None is a real value)
 
 
 def _check_number(name: str, value: Any, *, lo: float, hi: float, integer: bool = False,
@@ -104,3 +106,86 @@ def config_id(*parts: Any) -> str:
     """A short stable hash of a configuration, shown by previews, ``/stats`` and ``_repr_html_``."""
     blob = json.dumps(parts, sort_keys=True, default=repr).encode()
     return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def _check_limit(name: str, value: Any, lo: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise InvalidParameter(f"{name} must be an integer >= {lo}, got {value!r}", name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """How many requests generate at once and how many more may wait (the admission gate's size).
+
+    ``num_of_concurrent_executions`` is also the batch width of the local engine; one request past
+    ``num_of_concurrent_executions + max_queue_size`` is refused with QueueFull (HTTP 429).
+    """
+
+    num_of_concurrent_executions: int = 2
+    max_queue_size: int = 5
+
+    def __post_init__(self) -> None:
+        _check_limit("num_of_concurrent_executions", self.num_of_concurrent_executions, 1)
+        _check_limit("max_queue_size", self.max_queue_size, 0)
+
+
+def template_fingerprint(template: Any) -> Any:
+    """JSON-friendly data that identifies a template: its own ``fingerprint()`` (every template in
+    :mod:`chatstream_lab.prompts` has one), else its type and name."""
+    if template is None:
+        return None
+    own = getattr(template, "fingerprint", None)
+    if callable(own):
+        return own()
+    return {"object": type(template).__name__, "name": str(getattr(template, "name", ""))}
+
+
+def template_name(template: Any) -> str:
+    """What a template is called in previews, tables and ``/stats`` ("custom" for a seed-style class)."""
+    if template is None:
+        return "custom"
+    return str(getattr(template, "name", type(template).__name__))
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Model name + chat template + sampling parameters: what a preview and an endpoint run with.
+
+    ``config_id`` is a short hash of all three (the ONE formula: previews, ``_repr_html_``,
+    ``/stats``, ``chatstream-lab serve`` and ``Lab.serve()`` report the same id for the same
+    configuration). Make a changed copy with :meth:`replace` (or ``Lab.configure``).
+    """
+
+    model_name: str
+    template: Any
+    params: SamplingParams = field(default_factory=SamplingParams)
+    config_id: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config_id", config_id(self.model_name, template_fingerprint(self.template),
+                                                        self.params.as_dict()))
+
+    @property
+    def template_name(self) -> str:
+        return template_name(self.template)
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The system prompt the template adds to conversations that bring none (None: none)."""
+        value = getattr(self.template, "system_prompt", None)
+        return value if isinstance(value, str) else None
+
+    def replace(self, *, template: Any = UNSET, **params: Any) -> ServeConfig:
+        """A copy with another (already resolved) template and/or changed sampling parameters."""
+        return ServeConfig(self.model_name, self.template if template is UNSET else template,
+                           self.params.replace(**params))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config_id": self.config_id, "model": self.model_name, "template": self.template_name,
+                "system_prompt": self.system_prompt, "params": self.params.as_dict()}
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.params.as_dict().items()
+                   if v != getattr(SamplingParams(), k) and not (k == "stop" and not v)}
+        return (f"ServeConfig({self.config_id}: model={self.model_name!r}, template={self.template_name!r}, "
+                f"params={changed})")

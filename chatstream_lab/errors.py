@@ -49,6 +49,10 @@ class GenerationError(ChatStreamLabError):
     """The model raised while generating. The request ended with finish reason ``error``."""
 
 
+class EngineUnavailable(GenerationError):
+    """The generator cannot serve now (its thread died, or every upstream is down): HTTP 503."""
+
+
 class AdmissionError(ChatStreamLabError):
     """Base class for admission (concurrency limit + queue) refusals."""
 

@@ -46,7 +46,7 @@ def test_import_and_construction_have_no_side_effects():
         "assert threading.active_count() == 1, threading.enumerate()\n"
         "assert 'nest_asyncio' not in sys.modules\n"
         "assert not hasattr(asyncio, '_nest_patched')\n"
-        "assert lab._engine is None\n"
+        "assert lab.service.health().state.value == 'idle'\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -86,7 +86,7 @@ def test_variants(lab):
 
 
 def test_generate_submit_and_stats_share_one_engine(lab):
-    assert lab._engine is None  # nothing started yet
+    assert lab.service.health().state.value == "idle"  # nothing started yet
     assert lab.generate("q") == "The capital of France is Paris."
     assert lab.engine.running
     _wait_for(lambda: lab.stats().completed == 1)
@@ -192,6 +192,6 @@ def test_close_and_context_manager():
     with Lab(scripted_model("hi"), temperature=0) as lab:
         ep = lab.serve()
         assert lab.generate("q") == "hi"
-    assert not ep.running and lab._engine is None
+    assert not ep.running and lab.service.health().state.value == "idle"  # the engine was closed
     with pytest.raises(ConfigError):
         lab.generate("q")

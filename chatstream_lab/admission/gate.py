@@ -16,9 +16,13 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from ..errors import ConfigError, QueueFull
+from ..config import Limits
+from ..errors import QueueFull
 from ..types import RequestId
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,31 +36,26 @@ class GateSnapshot:
     rejected_total: int
 
 
-class AdmissionGate:
+class AdmissionGate(Generic[P]):
     """Concurrency limit (``num_of_concurrent_executions``) plus a bounded queue (``max_queue_size``).
 
     Thread-safe. ``enqueue`` may be called from any thread; ``admit`` and ``release`` are called
-    by the engine thread; ``withdraw`` by whoever cancels a waiting request.
+    by the engine thread; ``withdraw`` by whoever cancels a waiting request. A waiting id may carry
+    a payload (the engine's row), so the gate is the one place that knows what waits and what runs.
     """
 
-    def __init__(self, num_of_concurrent_executions: int = 2, max_queue_size: int = 5) -> None:
-        if isinstance(num_of_concurrent_executions, bool) or not isinstance(
-            num_of_concurrent_executions, int) or num_of_concurrent_executions < 1:
-            raise ConfigError(
-                "num_of_concurrent_executions must be an integer >= 1, "
-                f"got {num_of_concurrent_executions!r}", name="num_of_concurrent_executions")
-        if isinstance(max_queue_size, bool) or not isinstance(max_queue_size, int) \
-                or max_queue_size < 0:
-            raise ConfigError(f"max_queue_size must be an integer >= 0, got {max_queue_size!r}",
-                              name="max_queue_size")
-        self.limit = num_of_concurrent_executions
-        self.max_queue_size = max_queue_size
+    def __init__(self, num_of_concurrent_executions: int | Limits = 2, max_queue_size: int = 5) -> None:
+        limits = num_of_concurrent_executions if isinstance(num_of_concurrent_executions, Limits) \
+            else Limits(num_of_concurrent_executions, max_queue_size)
+        self.limits = limits
+        self.limit = limits.num_of_concurrent_executions
+        self.max_queue_size = limits.max_queue_size
         self._lock = threading.Lock()
-        self._waiting: OrderedDict[RequestId, None] = OrderedDict()
+        self._waiting: OrderedDict[RequestId, Any] = OrderedDict()
         self._running: set[RequestId] = set()
         self._rejected_total = 0
 
-    def enqueue(self, request_id: RequestId) -> int:
+    def enqueue(self, request_id: RequestId, payload: P | None = None) -> int:
         """Put ``request_id`` in line; returns its 1-based queue position.
 
         Raises:
@@ -69,20 +68,24 @@ class AdmissionGate:
                 self._rejected_total += 1
                 raise QueueFull(running=len(self._running), waiting=len(self._waiting),
                                 max_queue_size=self.max_queue_size)
-            self._waiting[request_id] = None
+            self._waiting[request_id] = payload
             return len(self._waiting)
 
     def admit(self, max_count: int | None = None) -> list[RequestId]:
         """Move waiting ids (oldest first) to running while slots are free."""
+        return [rid for rid, _ in self.admit_entries(max_count)]
+
+    def admit_entries(self, max_count: int | None = None) -> list[tuple[RequestId, P]]:
+        """Like :meth:`admit`, with each id's payload."""
         with self._lock:
             free = self.limit - len(self._running)
             if max_count is not None:
                 free = min(free, max_count)
-            admitted: list[RequestId] = []
+            admitted: list[tuple[RequestId, P]] = []
             while free > 0 and self._waiting:
-                rid, _ = self._waiting.popitem(last=False)
+                rid, payload = self._waiting.popitem(last=False)
                 self._running.add(rid)
-                admitted.append(rid)
+                admitted.append((rid, payload))
                 free -= 1
             return admitted
 
@@ -96,8 +99,14 @@ class AdmissionGate:
 
     def withdraw(self, request_id: RequestId) -> bool:
         """Remove a waiting id (its client left). Returns False if it was not waiting."""
+        return self.withdraw_entry(request_id) is not None
+
+    def withdraw_entry(self, request_id: RequestId) -> tuple[RequestId, P] | None:
+        """Remove a waiting id and return it with its payload; None if it was not waiting."""
         with self._lock:
-            return self._waiting.pop(request_id, False) is None
+            if request_id not in self._waiting:
+                return None
+            return request_id, self._waiting.pop(request_id)
 
     def position(self, request_id: RequestId) -> int | None:
         """1-based position in the queue, or None when not waiting."""
@@ -111,6 +120,11 @@ class AdmissionGate:
         """Waiting ids in queue order (position 1 first)."""
         with self._lock:
             return list(self._waiting)
+
+    def waiting_entries(self) -> list[tuple[RequestId, P]]:
+        """Waiting ids with their payloads, in queue order."""
+        with self._lock:
+            return list(self._waiting.items())
 
     def is_running(self, request_id: RequestId) -> bool:
         with self._lock:

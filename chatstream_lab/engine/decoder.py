@@ -24,9 +24,10 @@ from typing import Any
 import torch
 
 from ..config import SamplingParams
-from ..types import Delta, Finished, FinishReason, RequestId, Usage
-from .backends import Prefill, make_backend
+from ..types import Delta, Finished, FinishReason, RequestId
 from .detokenize import Detokenizer, DetokenizerFactory
+from .lifecycle import make_usage
+from .protocol import StepBackend
 from .sampling import make_generator, sample_token
 from .stream import RequestStream
 from .textfilter import TextFilter
@@ -50,7 +51,7 @@ class Row:
     t_first: float | None = None
     generated: list[int] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
-    prefill: Prefill | None = None
+    prefill: Any = None  # the backend's handle while the prompt is on its way in
     finished: Finished | None = None
     _seen: torch.Tensor | None = None
 
@@ -75,12 +76,20 @@ _NO_IDS = torch.tensor([], dtype=torch.long)
 
 
 class BatchDecoder:
-    """Owns the backend and the rows; ``step()`` advances every row by at most one token."""
+    """Drives a step-level backend over the rows; ``step()`` advances every row by at most one token.
 
-    def __init__(self, loaded: Any, *, on_retire: RetireFn, on_first_token: Callable[[Row], None]
-                 | None = None, prefill_chunk: int = 256, prefix_cache_bytes: int = 64 << 20) -> None:
+    Args:
+        loaded: the model (tokenizer, stop token ids, context window).
+        backend: the :class:`~chatstream_lab.engine.protocol.StepBackend` that runs the forwards.
+        on_retire: called once per row when it leaves (the engine frees the slot there).
+        on_first_token: called when a row samples its first token (time to first token).
+        prefill_chunk: prompt tokens prefilled per step while other rows decode.
+    """
+
+    def __init__(self, loaded: Any, backend: StepBackend[Any], *, on_retire: RetireFn,
+                 on_first_token: Callable[[Row], None] | None = None, prefill_chunk: int = 256) -> None:
         self.loaded = loaded
-        self.backend = make_backend(loaded, prefix_cache_bytes)
+        self.backend = backend
         self.detokenizers = DetokenizerFactory(loaded.tokenizer)
         self._on_retire = on_retire
         self._on_first_token = on_first_token
@@ -197,7 +206,7 @@ class BatchDecoder:
                 self.active[group[i].id] = group[i]
 
     def _decode_phase(self) -> None:
-        rows = [self.active[k] for k in self.backend.rows if k in self.active]
+        rows = [self.active[k] for k in self.backend.rows if k in self.active]  # type: ignore[index]
         rows = [r for r in rows if r.finished is None]
         if not rows:
             return
@@ -244,7 +253,7 @@ class BatchDecoder:
 
     def _max_new(self, row: Row) -> int:
         room = self.loaded.context_window - len(row.prompt_ids)
-        return max(1, min(row.params.max_new_tokens, room))
+        return max(1, min(row.params.max_new_tokens, int(room)))
 
     def _emit(self, row: Row, text: str, token_ids: tuple[int, ...]) -> None:
         if text:
@@ -262,15 +271,8 @@ class BatchDecoder:
     def _finish(self, row: Row, reason: FinishReason, error: str | None = None) -> None:
         if row.finished is not None:
             return
-        now = time.perf_counter()
-        n = len(row.generated)
-        decode_s = now - row.t_first if row.t_first is not None else 0.0
-        usage = Usage(
-            prompt_tokens=len(row.prompt_ids), completion_tokens=n,
-            ttft_s=None if row.t_first is None else row.t_first - row.t_submit,
-            queue_s=max(0.0, (row.t_admit or now) - row.t_submit), total_s=now - row.t_submit,
-            tokens_per_s=(n - 1) / decode_s if n > 1 and decode_s > 0 else 0.0,
-        )
+        usage = make_usage(len(row.prompt_ids), len(row.generated), t_submit=row.t_submit,
+                           t_admit=row.t_admit, t_first=row.t_first)
         row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
         if row.id not in self.active:  # never joined (pending / failed prefill): retire now
             self._on_retire(row)

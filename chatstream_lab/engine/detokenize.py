@@ -25,7 +25,8 @@ def _byte_decoder_of(tokenizer: Any) -> dict[str, int] | None:
         return None
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    return {u: b for b, u in bytes_to_unicode().items()}
+    table: dict[int, str] = bytes_to_unicode()  # type: ignore[no-untyped-call]  # transformers is untyped
+    return {u: b for b, u in table.items()}
 
 
 class Detokenizer:
@@ -66,7 +67,7 @@ class Detokenizer:
             return ""
         self._prefix = self._read
         self._read = len(self._ids)
-        return after[len(before):]
+        return str(after[len(before):])
 
     def finalize(self) -> str:
         """Text still buffered at the end; incomplete trailing bytes are dropped."""

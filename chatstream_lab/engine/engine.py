@@ -13,32 +13,25 @@ leaves the batch at the next step boundary.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from ..admission import AdmissionGate
-from ..config import SamplingParams
-from ..errors import ChatStreamLabError, ConfigError, InvalidParameter, QueueFull
-from ..types import Finished, FinishReason, LifecycleObserver, Queued, RequestId, Usage
+from ..config import Limits, SamplingParams
+from ..errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
+from ..types import Finished, FinishReason, LifecycleObserver
 from .decoder import BatchDecoder, Row
+from .lifecycle import NullObserver, RequestLifecycle, make_usage
+from .protocol import EngineHealth, EngineState, StepBackend
 from .stream import RequestStream
 
 log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 1.0  # queued requests hear their position at least this often
-
-
-class _NullObserver:
-    def on_queued(self, request_id: RequestId) -> None: ...
-    def on_rejected(self) -> None: ...
-    def on_admitted(self, request_id: RequestId) -> None: ...
-    def on_first_token(self, request_id: RequestId) -> None: ...
-    def on_finished(self, request_id: RequestId, reason: FinishReason, usage: Usage) -> None: ...
+_NullObserver = NullObserver  # kept for code that imported the old private name
 
 
 class EngineClosed(ChatStreamLabError):
@@ -46,7 +39,8 @@ class EngineClosed(ChatStreamLabError):
 
 
 class Engine:
-    """Runs generation for many consumers on one dedicated thread.
+    """Runs generation for many consumers on one dedicated thread (the local, batching
+    :class:`~chatstream_lab.engine.protocol.Generator`).
 
     Args:
         model: a :class:`~chatstream_lab.models.LoadedModel`.
@@ -59,6 +53,9 @@ class Engine:
             forward, so a burst is prefilled together and decodes in lockstep. 0 disables it.
         prefix_cache_mb: memory for the keys/values of prompt prefixes that requests share (a
             template's system prompt), prefilled once and reused; 0 disables it.
+        onednn: the oneDNN kernels of the torch backend on CPU float32 (False: plain torch).
+        backend: the step-level backend to drive (default: the one for ``model``, made on start).
+        gate: the admission gate to share (default: a new one with the limits above).
 
     Example:
         >>> engine = Engine(scripted_model("Hello"))            # doctest: +SKIP
@@ -70,28 +67,32 @@ class Engine:
 
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  observer: LifecycleObserver | None = None, prefill_chunk: int = 256,
-                 gather_s: float = 0.01, prefix_cache_mb: float = 64.0) -> None:
+                 gather_s: float = 0.01, prefix_cache_mb: float = 64.0, onednn: bool = True,
+                 backend: StepBackend[Any] | None = None, gate: AdmissionGate[Row] | None = None) -> None:
         if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
             raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
                               name="gather_s")
-        self.model = model
-        self.gate = AdmissionGate(num_of_concurrent_executions, max_queue_size)
-        self.observer: LifecycleObserver = observer or _NullObserver()
-        self.prefill_chunk = prefill_chunk
-        self.gather_s = float(gather_s)
         if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or prefix_cache_mb < 0:
             raise ConfigError(f"prefix_cache_mb must be a number >= 0, got {prefix_cache_mb!r}",
                               name="prefix_cache_mb")
+        self.model = model
+        self.gate: AdmissionGate[Row] = gate if gate is not None else AdmissionGate(
+            Limits(num_of_concurrent_executions, max_queue_size))
+        self.lifecycle: RequestLifecycle[Row] = RequestLifecycle(self.gate, observer)
+        self.observer: LifecycleObserver = self.lifecycle.observer
+        self.prefill_chunk = prefill_chunk
+        self.gather_s = float(gather_s)
         self.prefix_cache_mb = float(prefix_cache_mb)
+        self.onednn = onednn
+        self._backend = backend
         self._lock = threading.Lock()
-        self._waiting: dict[RequestId, Row] = {}
-        self._cancelled: set[RequestId] = set()
+        self._cancelled: set[Any] = set()
+        self._live: dict[Any, Row] = {}  # admitted and not yet retired (ended on a crash, whatever the decoder lost)
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._decoder: BatchDecoder | None = None
-        self._ids = itertools.count(1)
-        self._run_tag = uuid.uuid4().hex[:6]
+        self._crash: str | None = None
         self.steps = 0  # decode steps run, for tests and stats
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -99,19 +100,36 @@ class Engine:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def backend_name(self) -> str:
+        return str(getattr(self.model, "backend", "torch"))
+
     def start(self) -> Engine:
         """Start the engine thread (idempotent)."""
         with self._lock:
             if self._closing.is_set():
                 raise EngineClosed("this engine was closed; create a new Engine")
             if self._thread is None:
-                self._decoder = BatchDecoder(self.model, on_retire=self._retire,
+                from .backends import for_model
+
+                backend = self._backend or for_model(
+                    self.model, prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)), onednn=self.onednn)
+                self._decoder = BatchDecoder(self.model, backend, on_retire=self._retire,
                                              on_first_token=self._first_token,
-                                             prefill_chunk=self.prefill_chunk,
-                                             prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)))
+                                             prefill_chunk=self.prefill_chunk)
                 self._thread = threading.Thread(target=self._run, name="chatstream-engine", daemon=True)
                 self._thread.start()
         return self
+
+    def health(self) -> EngineHealth:
+        """The engine's state for ``/health``."""
+        if self._closing.is_set():
+            return EngineHealth(EngineState.CLOSED, self.backend_name)
+        if self._thread is None:
+            return EngineHealth(EngineState.IDLE, self.backend_name)
+        if not self._thread.is_alive():
+            return EngineHealth(EngineState.FAILED, self.backend_name, self._crash or "the engine thread stopped")
+        return EngineHealth(EngineState.RUNNING, self.backend_name)
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every request, stop the thread and wait for it (idempotent)."""
@@ -119,8 +137,7 @@ class Engine:
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
-        for rid in list(self._waiting):
-            self._cancel(rid)
+        self.lifecycle.fail_waiting(FinishReason.CANCELLED)
 
     def __enter__(self) -> Engine:
         return self.start()
@@ -131,7 +148,8 @@ class Engine:
     # -- requests ------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
                stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
-               stop_token_ids: Sequence[int] = ()) -> RequestStream:
+               stop_token_ids: Sequence[int] = (), session_key: str | None = None,
+               messages: Sequence[dict[str, str]] | None = None) -> RequestStream:
         """Queue a request; returns its stream at once.
 
         Raises:
@@ -141,6 +159,9 @@ class Engine:
         """
         params = params or SamplingParams()
         ids = [int(i) for i in prompt_ids]
+        if not ids and messages:
+            raise InvalidParameter("a local model needs token ids, not messages: give it a tokenizer",
+                                   name="messages")
         if not ids:
             raise InvalidParameter("the prompt is empty", name="prompt")
         window = int(getattr(self.model, "context_window", 0) or 0)
@@ -148,36 +169,24 @@ class Engine:
             raise InvalidParameter(f"the prompt has {len(ids)} tokens; the model's context window is "
                                    f"{window}. Shorten the conversation.", name="prompt")
         self.start()
+        self._raise_if_failed()
         assert self._decoder is not None
-        rid = RequestId(f"req-{self._run_tag}-{next(self._ids)}")
-        stream = RequestStream(rid, self._cancel)
+        stream = RequestStream(self.lifecycle.new_id(), self._cancel)
         row = self._decoder.make_row(stream, ids, params, stop_strings, output_replacements,
                                      stop_token_ids)
-        with self._lock:
-            self._waiting[rid] = row
-        try:
-            position = self.gate.enqueue(rid)
-        except QueueFull:
-            with self._lock:
-                self._waiting.pop(rid, None)
-            self.observer.on_rejected()
-            raise
-        self.observer.on_queued(rid)
-        stream._push(Queued(rid, position))
+        self.lifecycle.enqueue(row)
+        if self._crash is not None or self._closing.is_set():  # lost the race with a crash or close
+            self.lifecycle.fail_waiting(FinishReason.ERROR if self._crash else FinishReason.CANCELLED,
+                                        self._crash and "the engine failed")
         self._wake.set()
         return stream
 
-    def _cancel(self, rid: RequestId) -> None:
-        if self.gate.withdraw(rid):  # still queued: it never reaches the model
-            with self._lock:
-                row = self._waiting.pop(rid, None)
-            if row is not None:
-                usage = Usage(prompt_tokens=len(row.prompt_ids),
-                              queue_s=time.perf_counter() - row.t_submit,
-                              total_s=time.perf_counter() - row.t_submit)
-                fin = Finished(rid, FinishReason.CANCELLED, "", usage)
-                if row.stream._push(fin):
-                    self.observer.on_finished(rid, FinishReason.CANCELLED, usage)
+    def _raise_if_failed(self) -> None:
+        if self._crash is not None or (self._thread is not None and not self._thread.is_alive()):
+            raise EngineUnavailable(self._crash or "the engine thread stopped; restart the server")
+
+    def _cancel(self, rid: Any) -> None:
+        if self.lifecycle.withdraw(rid):  # still queued: it never reaches the model
             return
         with self._lock:
             self._cancelled.add(rid)
@@ -185,24 +194,17 @@ class Engine:
 
     # -- engine thread -------------------------------------------------------------------
     def _first_token(self, row: Row) -> None:
-        self.observer.on_first_token(row.id)
+        self.lifecycle.first_token(row.id)
 
     def _retire(self, row: Row) -> None:
         """Free the slot, then deliver the final event (the engine thread's only exit path)."""
-        self.gate.release(row.id)
         assert row.finished is not None
-        if row.stream._push(row.finished):
-            self.observer.on_finished(row.id, row.finished.finish_reason, row.finished.usage)
+        self._live.pop(row.id, None)
+        self.lifecycle.retire(row.stream, row.finished)
 
     def _admit(self, decoder: BatchDecoder) -> None:
-        admitted = self.gate.admit()
-        for rid in admitted:
-            with self._lock:
-                row = self._waiting.pop(rid, None)
-            if row is None:  # cannot happen: submit registers before enqueue
-                self.gate.release(rid)
-                continue
-            self.observer.on_admitted(rid)
+        for row in self.lifecycle.admit():
+            self._live[row.id] = row
             decoder.add(row)
 
     def _gather_burst(self, decoder: BatchDecoder) -> None:
@@ -223,14 +225,6 @@ class Engine:
                 return
             self._admit(decoder)
 
-    def _announce_positions(self) -> None:
-        with self._lock:
-            waiting = dict(self._waiting)
-        for pos, rid in enumerate(self.gate.waiting_ids(), start=1):
-            row = waiting.get(rid)
-            if row is not None:
-                row.stream._push(Queued(rid, pos))
-
     def _run(self) -> None:
         decoder = self._decoder
         assert decoder is not None
@@ -238,15 +232,15 @@ class Engine:
         try:
             while not self._closing.is_set():
                 self._wake.clear()
-                before = len(self._waiting)
+                before = self.gate.snapshot().waiting
                 self._admit(decoder)
                 with self._lock:
                     cancelled, self._cancelled = self._cancelled, set()
                 if cancelled:
                     decoder.cancel(cancelled)
                 now = time.monotonic()
-                if len(self._waiting) != before or now - last_heartbeat >= _HEARTBEAT_S:
-                    self._announce_positions()
+                if self.gate.snapshot().waiting != before or now - last_heartbeat >= _HEARTBEAT_S:
+                    self.lifecycle.announce_positions()
                     last_heartbeat = now
                 if not decoder.has_work:
                     self._wake.wait(0.25)
@@ -257,7 +251,21 @@ class Engine:
                 self.steps += 1
         except BaseException as exc:  # never leave consumers hanging, whatever happened
             log.exception("engine thread crashed")
-            decoder.fail_all(FinishReason.ERROR, f"engine crashed: {exc}")
-            raise
+            self._crash = f"the engine thread crashed ({type(exc).__name__}); restart the server"
+            self._end_everything(decoder, FinishReason.ERROR, "the engine failed")
         finally:
-            decoder.fail_all(FinishReason.CANCELLED)
+            self._end_everything(decoder, FinishReason.CANCELLED)
+
+    def _end_everything(self, decoder: BatchDecoder, reason: FinishReason, error: str | None = None) -> None:
+        """Finish every admitted and queued request (each exactly once), however the loop ended."""
+        try:
+            decoder.fail_all(reason, error)
+        except Exception:  # the backend could not even reset: the rows must still end
+            log.exception("failing the engine's rows raised")
+        for row in list(self._live.values()):  # rows the decoder lost track of mid-step
+            if row.finished is None:
+                usage = make_usage(len(row.prompt_ids), len(row.generated), t_submit=row.t_submit,
+                                   t_admit=row.t_admit, t_first=row.t_first)
+                row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
+            self._retire(row)
+        self.lifecycle.fail_waiting(reason, error)

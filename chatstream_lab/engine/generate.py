@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import SamplingParams
 from ..types import Finished, FinishReason, Message, RequestId, StreamEvent
 from .decoder import BatchDecoder, Row
 from .stream import RequestStream
 
-
-def encode_messages(model: Any, messages: str | list[Message], template: Any = None
-                    ) -> tuple[list[int], Any]:
-    """Render + tokenize a conversation with ``template`` (None: the tokenizer's own)."""
-    from ..prompts import resolve_template
-
-    if isinstance(messages, str):
-        messages = [{"role": "user", "content": messages}]
-    tmpl = resolve_template(template, model.tokenizer)
-    return tmpl.encode(model.tokenizer, list(messages)), tmpl
+if TYPE_CHECKING:  # pragma: no cover
+    from .remote import RemoteInlineStream
 
 
 class InlineStream:
@@ -37,7 +29,9 @@ class InlineStream:
         self._cancel = threading.Event()
         self.id = RequestId("inline")
         self._stream = RequestStream(self.id, lambda _rid: self._cancel.set())
-        self._decoder = BatchDecoder(model, on_retire=self._retire)
+        from .backends import for_model
+
+        self._decoder = BatchDecoder(model, for_model(model), on_retire=self._retire)
         self._row: Row = self._decoder.make_row(self._stream, prompt_ids, params, stop_strings,
                                                 output_replacements)
         self.finished: Finished | None = None
@@ -70,7 +64,7 @@ class InlineStream:
 
 
 def stream(model: Any, messages: str | list[Message], template: Any = None, **params: Any
-           ) -> InlineStream:
+           ) -> InlineStream | RemoteInlineStream:
     """Stream a reply to ``messages`` token by token.
 
     Args:
@@ -93,10 +87,22 @@ def stream(model: Any, messages: str | list[Message], template: Any = None, **pa
         >>> for ev in stream(load_model(), "What is the capital of France?", temperature=0):
         ...     print(getattr(ev, "text", ""), end="")                  # doctest: +SKIP
     """
+    from ..prompts import encode_messages
+    from ..prompts.resolve import resolve_served_template
+
     sampling = SamplingParams().replace(**params)
-    ids, tmpl = encode_messages(model, messages, template)
-    return InlineStream(model, ids, sampling, tuple(getattr(tmpl, "stop_strings", ())),
-                        tuple(getattr(tmpl, "output_replacements", ())))
+    encoded = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
+    if getattr(model, "backend", "torch") == "remote":
+        return _remote_inline(model, encoded, sampling)
+    return InlineStream(model, list(encoded.ids), sampling, encoded.stop_strings,
+                        encoded.output_replacements)
 
 
-__all__ = ["FinishReason", "InlineStream", "encode_messages", "stream"]
+def _remote_inline(model: Any, encoded: Any, params: SamplingParams) -> RemoteInlineStream:
+    """A remote model has no weights here: its own engine runs the request (closed at the end)."""
+    from .remote import inline_remote_stream
+
+    return inline_remote_stream(model, encoded, params)
+
+
+__all__ = ["FinishReason", "InlineStream", "stream"]

@@ -49,11 +49,11 @@ def spare_room_layer_class() -> Any:
         _SPARE_ROOM.append(None)
         return None
 
-    class SpareRoomLayer(DynamicLayer):  # type: ignore[misc, valid-type]
+    class SpareRoomLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # transformers is untyped
         GROW = 128
 
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
+            super().__init__(**kwargs)  # type: ignore[no-untyped-call]  # transformers is untyped
             self._room: tuple[torch.Tensor, torch.Tensor] | None = None
 
         def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
@@ -61,6 +61,7 @@ def spare_room_layer_class() -> Any:
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             keys, values = self.keys, self.values
+            assert keys is not None and values is not None
             old = keys.shape[-2] if keys.numel() else 0
             new = old + key_states.shape[-2]
             room = self._room
@@ -115,7 +116,7 @@ def can_load(cache: Any) -> bool:
         from transformers.cache_utils import DynamicLayer
     except ImportError:  # transformers < 4.56
         return False
-    layers = getattr(cache, "layers", None)
+    layers = getattr(cache, "layers", None) or ()
     return bool(layers) and all(type(layer) is DynamicLayer or type(layer) is spare_room_layer_class()
                                 for layer in layers)
 

@@ -3,7 +3,8 @@
 from .byte_tokenizer import ByteTokenizer
 from .loaded import LoadedModel
 from .loader import bundled_model_path, from_hf, load_model
+from .remote import RemoteSpec, remote_model
 from .scripted import ScriptedLM, echo_reply, scripted_model
 
-__all__ = ["ByteTokenizer", "LoadedModel", "ScriptedLM", "bundled_model_path", "echo_reply", "from_hf",
-           "load_model", "scripted_model"]
+__all__ = ["ByteTokenizer", "LoadedModel", "RemoteSpec", "ScriptedLM", "bundled_model_path", "echo_reply",
+           "from_hf", "load_model", "remote_model", "scripted_model"]

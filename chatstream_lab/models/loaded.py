@@ -23,21 +23,23 @@ class LoadedModel:
     dtype: str = "float32"
     context_window: int = 2048
     stop_token_ids: tuple[int, ...] = field(default=())
+    backend: str = "torch"  # what runs it: "torch", "scripted", "remote" (shown in /stats, /v1/models)
 
     @property
     def is_scripted(self) -> bool:
         return bool(getattr(self.model, "is_scripted", False))
 
     def __repr__(self) -> str:
-        return (f"LoadedModel(name={self.name!r}, device={self.device!r}, dtype={self.dtype!r}, "
-                f"context_window={self.context_window})")
+        return (f"LoadedModel(name={self.name!r}, backend={self.backend!r}, device={self.device!r}, "
+                f"dtype={self.dtype!r}, context_window={self.context_window})")
 
     def _repr_html_(self) -> str:
         from html import escape
 
         rows = "".join(
             f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
-            for k, v in [("name", self.name), ("source", self.source), ("device", self.device),
+            for k, v in [("name", self.name), ("backend", self.backend), ("source", self.source),
+                         ("device", self.device),
                          ("dtype", self.dtype), ("context window", self.context_window)]
         )
         return f"<table><caption>LoadedModel</caption>{rows}</table>"

@@ -1,7 +1,8 @@
-"""``ChatWidget``: a multi-turn chat on the Lab's current configuration (Send, Stop, Regenerate, Clear).
+"""``ChatWidget``: a multi-turn chat (Send, Stop, Regenerate, Clear) on a submit callable.
 
-The conversation is a list of messages kept here; each turn is submitted through the Lab (same
-engine, same gate as HTTP clients) and pumped into the transcript like a preview. The assistant
+The conversation is a list of messages kept here; each turn is submitted through ``submit`` (for
+``Lab.chat``: the Lab's service with its current configuration, same gate as HTTP clients) and
+pumped into the transcript like a preview. The assistant
 turn is appended once, when the request finished (a stopped reply keeps its partial text, marked
 as cancelled); a turn is never updated per token.
 """
@@ -9,19 +10,18 @@ as cancelled); a turn is never updated per token.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as widgets
 
+from ..engine.stream import RequestStream
 from ..errors import ChatStreamLabError
 from ..types import Finished, FinishReason
 from ._loop import spawn
 from ._pump import DEFAULT_INTERVAL_S, StreamState, finish_line, pump
 from .preview import status_text
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab
 
 _BUBBLE = {"user": "background:#eef3fb;margin-left:15%", "assistant": "background:#f6f6f6;margin-right:15%",
            "system": "background:#fff8e6;font-style:italic"}
@@ -35,12 +35,13 @@ def _bubble(role: str, text: str, note: str = "") -> str:
 
 
 class ChatWidget(widgets.VBox):
-    """Chat with the Lab's model. ``messages`` is the conversation so far; ``send(text)``,
+    """A multi-turn chat. ``submit(messages)`` sends the conversation (``Lab.chat`` passes its current
+    configuration's submit). ``messages`` is the conversation so far; ``send(text)``,
     ``regenerate()``, ``clear()`` and ``stop()`` do what the buttons do; ``await chat.wait()``."""
 
-    def __init__(self, lab: Lab, *, system_prompt: str | None = None,
-                 interval: float = DEFAULT_INTERVAL_S) -> None:
-        self.lab = lab
+    def __init__(self, submit: Callable[[list[dict[str, str]]], RequestStream], *,
+                 system_prompt: str | None = None, interval: float = DEFAULT_INTERVAL_S) -> None:
+        self.submit = submit
         self.interval = interval
         self.messages: list[dict[str, str]] = []
         if system_prompt:
@@ -125,7 +126,7 @@ class ChatWidget(widgets.VBox):
 
     def _reply(self) -> asyncio.Task[Finished | None] | None:
         try:
-            self.stream = self.lab.submit(list(self.messages))
+            self.stream = self.submit(list(self.messages))
         except ChatStreamLabError as exc:
             self._say(str(exc))
             return None

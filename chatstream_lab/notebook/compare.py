@@ -1,6 +1,6 @@
 """``CompareView``: one message through several configurations, side by side, then a table.
 
-Each variant is a preview column; all are submitted at once through the Lab's engine (so they
+Each variant is a preview column; all are submitted at once through one service (so they
 batch together and respect the same limit: variants beyond it wait in the queue). When all have
 finished, a table of finish reason, tokens, time to first token and tokens/s follows.
 """
@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as widgets
 
+from ..config import ServeConfig
 from ..errors import ChatStreamLabError
 from ..types import Finished
 from ._loop import spawn
-from .preview import StreamPreview
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab, LabConfig
+from .preview import StreamPreview, Submit
 
 COLUMNS = ("variant", "config_id", "template", "finish_reason", "tokens", "ttft_s", "tokens_per_s", "total_s")
 
 
-def _row(name: str, config: LabConfig, fin: Finished | None, error: str | None = None) -> dict[str, Any]:
+def _row(name: str, config: ServeConfig, fin: Finished | None, error: str | None = None) -> dict[str, Any]:
     u = fin.usage if fin is not None else None
     return {"variant": name, "config_id": config.config_id, "template": config.template_name,
             "finish_reason": fin.finish_reason.value if fin else f"refused: {error}",
@@ -46,7 +44,7 @@ def table_html(rows: list[dict[str, Any]]) -> str:
 class CompareView(widgets.VBox):
     """Columns of streaming replies, then ``table`` (HTML) and ``rows`` (dicts, one per variant)."""
 
-    def __init__(self, variants: dict[str, LabConfig]) -> None:
+    def __init__(self, variants: dict[str, ServeConfig]) -> None:
         self.variants = dict(variants)
         self.previews: dict[str, StreamPreview] = {}
         self.errors: dict[str, str] = {}
@@ -57,7 +55,7 @@ class CompareView(widgets.VBox):
         self.task: asyncio.Task[list[dict[str, Any]]] | None = None
 
     @classmethod
-    def start(cls, lab: Lab, variants: dict[str, LabConfig], message: Any) -> CompareView:
+    def start(cls, submit: Submit, variants: dict[str, ServeConfig], message: Any) -> CompareView:
         if not variants:
             raise ChatStreamLabError("compare() needs at least one variant: {name: template_or_params}")
         view = cls(variants)
@@ -68,7 +66,7 @@ class CompareView(widgets.VBox):
             preview = StreamPreview(title, layout=widgets.Layout(flex="1 1 0", min_width="12em",
                                                                   margin="0 6px"))
             try:
-                stream = lab.submit(message, config)
+                stream = submit(message, config)
             except ChatStreamLabError as exc:  # e.g. QueueFull: more variants than limit + queue
                 view.errors[name] = str(exc)
                 preview.status.value = f"<small>{escape(str(exc))}</small>"

@@ -1,25 +1,24 @@
 """``Playground``: pick a preset, edit the template and system prompt, move the sampling sliders,
 see the exact prompt (text, tokens, lint warnings), and preview the reply.
 
-Every valid edit configures the Lab (``lab.configure``), so what the playground shows is what
-``lab.serve()`` serves, under the same configuration id. An invalid edit (a format string without
+Every valid edit calls ``configure`` (for ``Lab.playground``: ``lab.configure``), so what the
+playground shows is what ``lab.serve()`` serves, under the same configuration id. An invalid edit
+(a format string without
 ``{content}``, a template that cannot render) is reported in the widget and changes nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as widgets
 
+from ..config import ServeConfig
 from ..errors import ChatStreamLabError
-from ..prompts import DeclarativeTemplate, inspect_prompt, presets
-from ._templates import base_template, system_prompt_of
+from ..prompts import DeclarativeTemplate, base_template, inspect_prompt, presets, system_prompt_of
 from .preview import StreamPreview
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab, LabConfig
 
 MODEL_OWN = "(model's own template)"
 CURRENT = "(current template)"
@@ -42,15 +41,30 @@ def _area(description: str, value: str = "", rows: int = 2) -> widgets.Textarea:
 class Playground(widgets.VBox):
     """Widgets: ``preset``, ``fields`` (declarative turn formats and ``stop_strings``), ``jinja_source``,
     ``system_prompt``, ``sliders``, ``message``; outputs: ``config_label``, ``error``, ``inspection_html``,
-    ``preview_box``. ``config`` is the Lab's current configuration; ``preview()`` streams a reply."""
+    ``preview_box``. ``config`` is the current configuration; ``preview()`` streams a reply.
 
-    def __init__(self, lab: Lab, message: str = "What is the capital of France?") -> None:
-        self.lab = lab
+    Args:
+        tokenizer: the model's tokenizer (for the prompt inspection).
+        current: returns the current configuration.
+        configure: ``configure(template=..., system_prompt=..., **params) -> ServeConfig`` makes a new
+            current configuration (raises ChatStreamLabError when invalid).
+        preview: ``preview(message) -> StreamPreview`` streams a reply with the current configuration.
+        context_window: the model's, for the inspection's length warning.
+    """
+
+    def __init__(self, tokenizer: Any, *, current: Callable[[], ServeConfig],
+                 configure: Callable[..., ServeConfig], preview: Callable[[str], StreamPreview],
+                 context_window: int | None = None, message: str = "What is the capital of France?") -> None:
+        self.tokenizer = tokenizer
+        self._current = current
+        self._configure = configure
+        self._preview = preview
+        self.context_window = context_window
         self._updating = False
         self.inspection: Any = None
         self.last_preview: StreamPreview | None = None
-        current = lab.config.template
-        base = base_template(current)
+        current_template = current().template
+        base = base_template(current_template)
         self._own = self._model_own_source()
         self._current_base = base
         options = [MODEL_OWN, *presets.names()]
@@ -64,8 +78,8 @@ class Playground(widgets.VBox):
         self.fields["stop_strings"] = _area("stop strings", rows=2)
         self.fields["stop_strings"].placeholder = "one per line"
         self.jinja_source = _area("jinja source", rows=8)
-        self.system_prompt = _area("system prompt", system_prompt_of(current) or "", rows=2)
-        p = lab.config.params
+        self.system_prompt = _area("system prompt", system_prompt_of(current_template) or "", rows=2)
+        p = current().params
         self.sliders = {name: cls(value=getattr(p, name), min=lo, max=hi, step=step, description=name,
                                   continuous_update=False, style={"description_width": "9em"})
                         for name, (cls, lo, hi, step) in _SLIDERS.items()}
@@ -97,7 +111,7 @@ class Playground(widgets.VBox):
         try:
             from ..prompts import resolve_template
 
-            return str(getattr(resolve_template(None, self.lab.model.tokenizer), "source", ""))
+            return str(getattr(resolve_template(None, self.tokenizer), "source", ""))
         except ChatStreamLabError:
             return ""
 
@@ -125,9 +139,9 @@ class Playground(widgets.VBox):
         if name == MODEL_OWN:
             from ..prompts import resolve_template
 
-            template = resolve_template(None, self.lab.model.tokenizer)
+            template = resolve_template(None, self.tokenizer)
         elif name == CURRENT:
-            template = base_template(self.lab.config.template)
+            template = base_template(self.config.template)
         else:
             template = presets.get(name)
         self._fill_template_fields(template)
@@ -157,18 +171,18 @@ class Playground(widgets.VBox):
 
     # -- the configuration ------------------------------------------------------------------------------
     @property
-    def config(self) -> LabConfig:
-        return self.lab.config
+    def config(self) -> ServeConfig:
+        return self._current()
 
-    def apply(self) -> LabConfig | None:
-        """Configure the Lab from the widgets; shows the prompt inspection. None if invalid."""
+    def apply(self) -> ServeConfig | None:
+        """Configure from the widgets; shows the prompt inspection. None if invalid."""
         try:
             params = {name: w.value for name, w in self.sliders.items()}
-            config = self.lab.configure(template=self.build_template(),
-                                        system_prompt=self.system_prompt.value or None, **params)
+            config = self._configure(template=self.build_template(),
+                                     system_prompt=self.system_prompt.value or None, **params)
             messages = [{"role": "user", "content": self.message.value or "…"}]
-            self.inspection = inspect_prompt(config.template, self.lab.model.tokenizer, messages,
-                                             context_window=self.lab.model.context_window)
+            self.inspection = inspect_prompt(config.template, self.tokenizer, messages,
+                                             context_window=self.context_window)
         except (ChatStreamLabError, ValueError) as exc:
             self.error.value = f"<pre style='color:#b00'>{escape(str(exc))}</pre>"
             return None
@@ -180,13 +194,13 @@ class Playground(widgets.VBox):
         return config
 
     def __repr__(self) -> str:
-        return f"<Playground config_id={self.lab.config.config_id} template={self.lab.config.template_name!r}>"
+        return f"<Playground config_id={self.config.config_id} template={self.config.template_name!r}>"
 
     def preview(self, message: str | None = None) -> StreamPreview:
         """Stream a reply to ``message`` (default: the message field) with the current configuration."""
         if self.last_preview is not None:
             self.last_preview.stop()
-        view = self.lab.preview(message if message is not None else self.message.value)
+        view = self._preview(message if message is not None else self.message.value)
         self.last_preview = view
         self.preview_box.children = (view,)
         return view

@@ -13,17 +13,20 @@ before it returns.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import ipywidgets as widgets
 
+from ..config import ServeConfig
+from ..engine.stream import RequestStream
 from ..types import Finished
 from ._loop import spawn
 from ._pump import DEFAULT_INTERVAL_S, StreamState, finish_line, pump
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..lab import Lab, LabConfig
+Submit = Callable[[Any, ServeConfig], RequestStream]
+"""Encode messages with a configuration and submit them (``Service.submit``); raises QueueFull."""
 
 _REPLY_STYLE = ("white-space:pre-wrap;font-family:var(--jp-content-font-family,sans-serif);"
                 "border-left:3px solid #9ab;padding:4px 8px;margin:2px 0;min-height:1.5em")
@@ -62,14 +65,14 @@ class StreamPreview(widgets.VBox):
         self.updates = 0
 
     @classmethod
-    def start(cls, lab: Lab, message: Any, config: LabConfig, **kwargs: Any) -> StreamPreview:
-        """Submit ``message`` with ``config`` through the Lab's engine and stream it into a new preview."""
+    def start(cls, submit: Submit, message: Any, config: ServeConfig, **kwargs: Any) -> StreamPreview:
+        """Submit ``message`` with ``config`` (through ``submit``) and stream it into a new preview."""
         shown = message if isinstance(message, str) else (list(message)[-1].get("content", "") if message
                                                           else "")
         title = (f"<small><b>{escape(config.template_name)}</b> · config <code>{config.config_id}</code>"
                  f" · {escape(shown[:120])}</small>")
         view = cls(title, **kwargs)
-        view.attach(lab.submit(message, config))
+        view.attach(submit(message, config))
         return view
 
     def attach(self, stream: Any) -> StreamPreview:

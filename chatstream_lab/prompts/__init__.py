@@ -13,10 +13,13 @@ from . import presets
 from .base import ChatTemplate, Segment
 from .chat_prompt import AbstractChatPrompt, ChatContent, ChatPrompt
 from .declarative import DeclarativeTemplate
+from .encode import EncodedPrompt, as_messages, encode_chat_prompt, encode_messages
+from .fingerprint import fingerprint
 from .history import truncate_messages
 from .inspect import PromptInspection, inspect_prompt
 from .jinja import JinjaTemplate
 from .resolve import resolve_template
+from .system import SystemPromptTemplate, base_template, system_prompt_of, with_system_prompt
 
 __all__ = [
     "AbstractChatPrompt",
@@ -24,11 +27,20 @@ __all__ = [
     "ChatPrompt",
     "ChatTemplate",
     "DeclarativeTemplate",
+    "EncodedPrompt",
     "JinjaTemplate",
     "PromptInspection",
     "Segment",
+    "SystemPromptTemplate",
+    "as_messages",
+    "base_template",
+    "encode_chat_prompt",
+    "encode_messages",
+    "fingerprint",
     "inspect_prompt",
     "presets",
     "resolve_template",
+    "system_prompt_of",
     "truncate_messages",
+    "with_system_prompt",
 ]

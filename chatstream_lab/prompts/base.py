@@ -59,6 +59,12 @@ class SegmentTemplate:
         """Token ids of the prompt; message content cannot forge control tokens (see module doc)."""
         return encode_segments(tokenizer, self.render_segments(messages, add_generation_prompt))
 
+    def fingerprint(self) -> Any:
+        """JSON data that identifies this template (goes into configuration ids)."""
+        from .fingerprint import template_to_dict
+
+        return template_to_dict(self)
+
 
 # ----------------------------------------------------------------------------------------------
 # messages

@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ConfigError, TemplateError
-from . import presets
 from .base import apply_replacements
-from .declarative import DeclarativeTemplate
-from .jinja import JinjaTemplate
+from .fingerprint import template_from_dict, template_to_dict
 from .resolve import resolve_template
 
 REQUESTER = "user"
@@ -73,41 +71,6 @@ class ChatContent:
     def from_dict(cls, data: dict[str, Any]) -> ChatContent:
         return cls(role=data["role"], message=data.get("message"), message_id=data.get("message_id"),
                    speaker=data.get("speaker", ""))
-
-
-def _template_to_dict(template: Any) -> dict[str, Any] | None:
-    if template is None:
-        return None
-    name = presets.name_of(template)
-    if name is not None:
-        return {"preset": name}
-    if isinstance(template, DeclarativeTemplate):
-        return {"declarative": template.as_dict()}
-    if isinstance(template, JinjaTemplate):
-        return {"jinja": {"source": template.source, "bos_token": template.bos_token,
-                          "eos_token": template.eos_token, "name": template.name,
-                          "stop_strings": list(template.stop_strings),
-                          "output_replacements": [list(p) for p in template.output_replacements],
-                          "variables": [[k, list(v) if isinstance(v, tuple) else v]
-                                        for k, v in template.variables]}}
-    return {"object": getattr(template, "name", type(template).__name__)}
-
-
-def _template_from_dict(data: dict[str, Any] | None) -> Any:
-    if data is None:
-        return None
-    if "preset" in data:
-        return presets.get(data["preset"])
-    if "declarative" in data:
-        return DeclarativeTemplate.from_dict(data["declarative"])
-    if "jinja" in data:
-        d = dict(data["jinja"])
-        d["stop_strings"] = tuple(d.get("stop_strings", ()))
-        d["output_replacements"] = tuple(tuple(p) for p in d.get("output_replacements", ()))
-        d["variables"] = tuple((k, v) for k, v in d.get("variables", ()))
-        return JinjaTemplate(**d)
-    raise TemplateError(f"the saved ChatPrompt used template {data.get('object')!r}, which cannot be "
-                        "rebuilt from JSON; pass it again: ChatPrompt.from_dict(data, template=...)")
 
 
 class ChatPrompt:
@@ -274,8 +237,8 @@ class ChatPrompt:
         if not self.chat_mode:  # seed's non-chat mode: only the last user message
             last_user = [c for c in closed if c.role == REQUESTER][-1:]
             closed = last_user
-        msgs = [{"role": "system", "content": self.system}] if self.system is not None else []
-        msgs += [{"role": c.role, "content": c.message} for c in closed]
+        msgs: list[dict[str, str]] = [{"role": "system", "content": self.system}] if self.system is not None else []
+        msgs += [{"role": c.role, "content": c.message or ""} for c in closed]
         return msgs, open_turn
 
     def to_messages(self) -> list[dict[str, str]]:
@@ -331,7 +294,7 @@ class ChatPrompt:
         """JSON-serializable state; :meth:`from_dict` restores it (message ids included)."""
         return {
             "version": 1,
-            "template": _template_to_dict(self._template),
+            "template": template_to_dict(self._template),
             "system": self.system,
             "requester": self.requester,
             "responder": self.responder,
@@ -347,7 +310,7 @@ class ChatPrompt:
         obj = cls.__new__(cls)
         ChatPrompt.__init__(obj)
         obj._template = (resolve_template(template) if template is not None
-                         else _template_from_dict(data.get("template")))
+                         else template_from_dict(data.get("template")))
         obj.system = data.get("system")
         obj.requester = data.get("requester", REQUESTER)
         obj.responder = data.get("responder", RESPONDER)

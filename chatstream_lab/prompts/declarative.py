@@ -135,6 +135,11 @@ class DeclarativeTemplate(SegmentTemplate):
         markers = (self.role_markers,) if isinstance(self.role_markers, str) else self.role_markers
         object.__setattr__(self, "role_markers", tuple(str(m) for m in markers if m))
 
+    @property
+    def system_prompt(self) -> str | None:
+        """The system message used when a conversation brings none (``default_system``)."""
+        return self.default_system
+
     def replace(self, **changes: Any) -> DeclarativeTemplate:
         """A copy with ``changes`` applied (validated); unknown names raise ConfigError."""
         known = {f.name for f in dataclasses.fields(self)}

@@ -32,3 +32,11 @@ def resolve_template(template: Any = None, tokenizer: Any = None) -> Any:
         return template
     raise TemplateError(f"{type(template).__name__} is not a chat template: pass None, a preset name "
                         f"({', '.join(presets.names())}), a DeclarativeTemplate or a JinjaTemplate")
+
+
+def resolve_served_template(template: Any, tokenizer: Any) -> Any:
+    """Like :func:`resolve_template`, but None stays None for a model without a local tokenizer
+    (a remote model that applies its own chat template to the messages it is sent)."""
+    if template is None and tokenizer is None:
+        return None
+    return resolve_template(template, tokenizer)

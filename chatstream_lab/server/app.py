@@ -30,6 +30,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
 from ..errors import ConfigError
+from ..service import Service
 from . import openai_routes, web
 from .auth import BearerAuthMiddleware
 from .chatstream import ChatStream
@@ -37,14 +38,16 @@ from .errors import install_handlers
 from .framing import MESSAGE_ID_HEADER
 
 
-def create_app(chat_stream: ChatStream | None = None, *, token: str | None = None,
+def create_app(served: ChatStream | Service | None = None, *, token: str | None = None,
                cors_origins: Sequence[str] = (), web_ui: bool = True, openai_api: bool = True,
                close_on_shutdown: bool | None = None, title: str = "chatstream_lab",
                **chat_stream_options: Any) -> FastAPI:
-    """Build the app for ``chat_stream`` (or for ``ChatStream(**chat_stream_options)``).
+    """Build the app for a :class:`ChatStream`, a :class:`~chatstream_lab.service.Service`, or
+    ``ChatStream(**chat_stream_options)``.
 
     Args:
-        chat_stream: the facade to serve; made from ``chat_stream_options`` when None.
+        served: the seed facade to serve (its sessions and cookies), or a Service (a facade with
+            default session settings is made over it); made from ``chat_stream_options`` when None.
         token: require ``Authorization: Bearer <token>`` on every route but ``/health`` and the page.
         cors_origins: origins allowed to call the API from a browser (credentials allowed unless
             ``"*"`` is among them, in which case credentials are not allowed).
@@ -57,17 +60,19 @@ def create_app(chat_stream: ChatStream | None = None, *, token: str | None = Non
         app = create_app(model=scripted_model("Hi!"))
         BackgroundServer(app).start()
     """
-    if chat_stream is None:
-        chat_stream = ChatStream(**chat_stream_options)
-        owns = True
-    elif chat_stream_options:
+    if served is not None and chat_stream_options:
         raise ConfigError(f"pass options either to ChatStream or to create_app, not both: "
                           f"{sorted(chat_stream_options)}", name=sorted(chat_stream_options)[0])
+    owns = served is None
+    if isinstance(served, Service):
+        cs = ChatStream(service=served)
+    elif served is None:
+        cs = ChatStream(**chat_stream_options)
     else:
-        owns = False
+        cs = served
     if close_on_shutdown is None:
         close_on_shutdown = owns
-    cs = chat_stream
+    service = cs.service
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,11 +82,12 @@ def create_app(chat_stream: ChatStream | None = None, *, token: str | None = Non
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.chat_stream = cs
+    app.state.service = service
     install_handlers(app)
     _add_seed_routes(app, cs)
-    _add_ops_routes(app, cs)
+    _add_ops_routes(app, service)
     if openai_api:
-        app.include_router(openai_routes.make_router(cs))
+        app.include_router(openai_routes.make_router(service))
     if web_ui:
         app.include_router(web.make_router())
 
@@ -127,17 +133,23 @@ def _add_seed_routes(app: FastAPI, cs: ChatStream) -> None:
         return await cs.handle_get_load_request(request)
 
 
-def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
+def _add_ops_routes(app: FastAPI, service: Service) -> None:
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> JSONResponse:
+        """200 while the generator can serve, 503 when it cannot (for a load balancer)."""
+        state = service.health()
+        return JSONResponse({"status": "ok" if state.ok else "unavailable", "engine": state.as_dict()},
+                            status_code=200 if state.ok else 503)
 
     @app.get("/stats")
     async def stats(history: bool = False) -> JSONResponse:
-        snap = cs.recorder.snapshot(with_history=history)
-        return JSONResponse({**snap.as_dict(with_history=history), "model": cs.model.name,
-                             "limit": cs.num_of_concurrent_executions, "max_queue_size": cs.max_queue_size})
+        snap = service.stats(with_history=history)
+        limits = service.limits
+        return JSONResponse({**snap.as_dict(with_history=history), "model": service.model.name,
+                             "backend": str(getattr(service.model, "backend", "torch")),
+                             "limit": limits.num_of_concurrent_executions,
+                             "max_queue_size": limits.max_queue_size})
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(cs.exporter.render(), media_type=cs.exporter.content_type)
+        return Response(service.exporter.render(), media_type=service.exporter.content_type)

@@ -88,8 +88,9 @@ class BackgroundServer:
             return self
         sock = self._bind()
         self.port = sock.getsockname()[1]
+        graceful: Any = self.graceful_timeout_s  # uvicorn annotates int; a float works
         config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="auto",
-                                timeout_graceful_shutdown=self.graceful_timeout_s, **self.uvicorn_options)
+                                timeout_graceful_shutdown=graceful, **self.uvicorn_options)
         server = _QuietServer(config)
         self._server, self._socket, self._error = server, sock, None
         self._thread = threading.Thread(target=self._run, args=(server, sock),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,11 +23,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..config import SamplingParams
-from ..config import config_id as make_config_id
+from ..config import Limits, SamplingParams, ServeConfig
 from ..errors import ChatStreamLabError, ConfigError
+from ..prompts import encode_chat_prompt
+from ..service import Service
 from ..sessions import SessionStore, Turn
-from ..stats import PrometheusExporter, StatsRecorder
 from ..types import Finished
 from . import conversation
 from .errors import BadRequest, error_response
@@ -66,10 +65,11 @@ class ChatStream:
         max_input_chars: longest accepted user message.
         session_ttl_s, max_sessions, max_history_turns: session store bounds.
         feedback_sink: receives each ``/set_feedback`` record (sync or async callable).
-        engine: share an already-built engine (e.g. a notebook Lab's) instead of making one.
+        service: serve an already-built :class:`~chatstream_lab.service.Service` (e.g. a notebook
+            Lab's: same engine, gate and numbers); model, template, limits and sampling options
+            are then taken from it.
         use_mock_response: seed option; serves the scripted model instead of ``model``.
         params: a whole SamplingParams (overrides the loose sampling fields above).
-        config_id: the configuration id to report in ``/stats`` (default: a hash of this config).
 
     Example::
 
@@ -85,60 +85,70 @@ class ChatStream:
                  repetition_penalty: float = 1.0, session_secret: str | bytes | None = None,
                  cookie: CookieSettings | None = None, max_input_chars: int = 8000,
                  session_ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
-                 feedback_sink: FeedbackSink | None = None, engine: Any = None,
-                 recorder: StatsRecorder | None = None, use_mock_response: bool = False,
-                 params: SamplingParams | None = None, config_id: str | None = None,
+                 feedback_sink: FeedbackSink | None = None, service: Service | None = None,
+                 use_mock_response: bool = False, params: SamplingParams | None = None,
                  **seed_options: Any) -> None:
         unknown = set(seed_options) - _IGNORED_SEED_OPTIONS
         if unknown:
             raise ConfigError(f"unknown ChatStream option(s) {sorted(unknown)}", name=sorted(unknown)[0])
-        if isinstance(max_input_chars, bool) or not isinstance(max_input_chars, int) or max_input_chars < 1:
-            raise ConfigError(f"max_input_chars must be a positive integer, got {max_input_chars!r}",
-                              name="max_input_chars")
-        self.model = conversation.as_loaded_model(model, tokenizer, use_mock_response=use_mock_response,
-                                                  engine=engine)
-        self.template = conversation.resolve(template, chat_prompt_clazz, self.model.tokenizer)
-        # ``params`` (a whole SamplingParams, as Lab passes it) wins over the seed's loose fields
-        self.default_params = params or SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                       top_k=top_k, top_p=top_p,
-                                                       repetition_penalty=repetition_penalty)
-        self.num_of_concurrent_executions = num_of_concurrent_executions
-        self.max_queue_size = max_queue_size
-        self.max_input_chars = max_input_chars
-        self.config_id = config_id or make_config_id(self.model.name, conversation.template_name(self.template),
-                                   self.default_params.as_dict(), num_of_concurrent_executions,
-                                   max_queue_size)
-        self.recorder = recorder or StatsRecorder(self.config_id)
-        self.exporter = PrometheusExporter(self.recorder)
-        self.sessions = SessionStore(conversation.prompt_factory(chat_prompt_clazz, self.template),
-                                     self.default_params, ttl_s=session_ttl_s, max_sessions=max_sessions,
+        if service is None:
+            loaded = conversation.as_loaded_model(model, tokenizer, use_mock_response=use_mock_response)
+            resolved = conversation.resolve(template, chat_prompt_clazz, loaded.tokenizer)
+            # ``params`` (a whole SamplingParams) wins over the seed's loose fields
+            defaults = params or SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+            service = Service.build(loaded, config=ServeConfig(loaded.name, resolved, defaults),
+                                    limits=Limits(num_of_concurrent_executions, max_queue_size),
+                                    max_input_chars=max_input_chars)
+        self.service = service
+        self.sessions = SessionStore(conversation.prompt_factory(chat_prompt_clazz, service.template),
+                                     service.default_params, ttl_s=session_ttl_s, max_sessions=max_sessions,
                                      max_history_turns=max_history_turns)
         self.cookies = SessionCookies(session_secret, cookie)
         self.feedback_sink = feedback_sink
         self.feedback: list[dict[str, Any]] = []  # kept when no sink is given (bounded)
-        self._engine = engine
-        self._owns_engine = engine is None
-        self._engine_lock = threading.Lock()
-        if engine is None:
-            conversation.check_engine_args(num_of_concurrent_executions, max_queue_size)
+
+    # -- what is served (the service's) -----------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self.service.model
+
+    @property
+    def template(self) -> Any:
+        return self.service.template
+
+    @property
+    def default_params(self) -> SamplingParams:
+        return self.service.default_params
+
+    @property
+    def config_id(self) -> str:
+        return self.service.config_id
+
+    @property
+    def recorder(self) -> Any:
+        return self.service.recorder
+
+    @property
+    def num_of_concurrent_executions(self) -> int:
+        return self.service.limits.num_of_concurrent_executions
+
+    @property
+    def max_queue_size(self) -> int:
+        return self.service.limits.max_queue_size
+
+    @property
+    def max_input_chars(self) -> int:
+        return self.service.max_input_chars
 
     # -- lifecycle ----------------------------------------------------------------------------
     @property
     def engine(self) -> Any:
-        """The engine, created and started on first use (never in the constructor)."""
-        with self._engine_lock:
-            if self._engine is None:
-                from ..engine import Engine
-
-                self._engine = Engine(self.model,
-                                      num_of_concurrent_executions=self.num_of_concurrent_executions,
-                                      max_queue_size=self.max_queue_size, observer=self.recorder)
-            engine = self._engine
-        engine.start()
-        return engine
+        """The generator, created and started on first use (never in the constructor)."""
+        return self.service.generator.start()
 
     def start(self) -> ChatStream:
-        _ = self.engine
+        self.service.start()
         return self
 
     async def start_queue_worker(self) -> None:
@@ -150,18 +160,7 @@ class ChatStream:
 
         A later request makes a fresh engine, so a server can be stopped and started again.
         """
-        with self._engine_lock:
-            engine, owned = self._engine, self._owns_engine
-            if owned:
-                self._engine = None
-        if engine is not None and owned:
-            engine.close()
-
-    def create_app(self, **options: Any) -> Any:
-        """A FastAPI app serving this ChatStream (see :func:`chatstream_lab.server.create_app`)."""
-        from .app import create_app
-
-        return create_app(self, **options)
+        self.service.close()
 
     def append_middlewares(self, app: Any) -> None:
         """Add the session middleware (seed name) so every route sees ``request.state.session``."""
@@ -205,9 +204,8 @@ class ChatStream:
             raw = request_body if request_body is not None else await request.body()
             body = parse_chat_stream(parse_json_object(raw), max_input_chars=self.max_input_chars)
             turn = self.sessions.begin_turn(handle.session_id, body.user_input, regenerate=body.regenerate)
-            ids, stops, replacements = conversation.encode(turn.prompt, self.template, self.model)
-            stream = self.engine.submit(ids, turn.params, stop_strings=stops,
-                                        output_replacements=replacements)
+            encoded = encode_chat_prompt(turn.prompt, self.template, self.model.tokenizer)
+            stream = self.service.submit_encoded(encoded, turn.params, session_key=handle.session_id)
         except Exception as exc:
             if turn is not None:
                 self.sessions.finish_turn(turn, None)
@@ -227,7 +225,7 @@ class ChatStream:
         headers = {MESSAGE_ID_HEADER: message_id, **self._cookie_headers(request, handle)}
         return EventStreamResponse(stream, make_encoder(framing, message_id), on_done=on_done,
                                    media_type=framing.media_type, headers=headers,
-                                   on_abandon=lambda: sessions.finish_turn(the_turn, None))
+                                   on_abandon=lambda: _discard(sessions.finish_turn(the_turn, None)))
 
     # -- the other seed endpoints ------------------------------------------------------------------
     async def handle_clear_context_request(self, request: Request, request_body: Any = None,
@@ -303,11 +301,10 @@ class ChatStream:
         }]})
 
     def load(self) -> dict[str, int]:
-        """Running / queued counts and limits, without starting the engine."""
-        stats = self.recorder.snapshot(with_history=False)
-        return {"running": stats.running, "queued": stats.queued,
-                "limit": self.num_of_concurrent_executions, "max_queue_size": self.max_queue_size,
-                "rejected": stats.rejected}
+        """Running / queued counts and limits (the gate's), without starting the engine."""
+        gate = self.service.gate.snapshot()
+        return {"running": gate.running, "queued": gate.waiting, "limit": gate.limit,
+                "max_queue_size": gate.max_queue_size, "rejected": gate.rejected_total}
 
     def __repr__(self) -> str:
         load = self.load()
@@ -326,3 +323,7 @@ async def _fire(callback: Callback | None, request: Request, outcome: Outcome) -
             await result
     except Exception:
         log.exception("the chat_stream callback raised (message %r)", outcome.value)
+
+
+def _discard(_value: object) -> None:
+    """Drop a return value (a hook that must return None)."""

@@ -17,6 +17,7 @@ from ..errors import (
     AdmissionError,
     ChatStreamLabError,
     ConfigError,
+    EngineUnavailable,
     InvalidParameter,
     NothingToRegenerate,
     QueueFull,
@@ -59,6 +60,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, 400, "invalid_request"),
     (TemplateError, 422, "template_error"),
     (Unauthorized, 401, "unauthorized"),
+    (EngineUnavailable, 503, "engine_unavailable"),
 )
 
 
@@ -79,9 +81,9 @@ def error_body(message: str, type_: str, param: str | None = None) -> dict[str, 
 def error_response(exc: BaseException, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON response for ``exc``; 429 carries ``Retry-After``, 401 ``WWW-Authenticate``."""
     info = classify(exc)
-    message = str(exc) if info.status < 500 else "internal server error"
+    message = str(exc) if info.status < 500 or info.status == 503 else "internal server error"
     hdrs = dict(headers or {})
-    if info.status == 429:
+    if info.status in (429, 503):
         hdrs.setdefault("Retry-After", str(RETRY_AFTER_S))
     if info.status == 401:
         hdrs.setdefault("WWW-Authenticate", "Bearer")

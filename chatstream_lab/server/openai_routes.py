@@ -9,7 +9,6 @@ in the stream, or HTTP 500 without streaming.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -19,15 +18,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse, Response
 
+from ..config import SamplingParams
 from ..errors import ChatStreamLabError, InvalidParameter
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent
-from . import conversation
 from .errors import BadRequest, error_body, error_response
 from .framing import sse_comment
-from .streaming import EventStreamResponse
+from .streaming import EventStreamResponse, collect_final
 
 if TYPE_CHECKING:
-    from .chatstream import ChatStream
+    from ..service import Service
 
 
 class ChatMessage(BaseModel):
@@ -85,7 +84,7 @@ def to_messages(req: ChatCompletionRequest, max_chars: int) -> list[dict[str, st
     return messages
 
 
-def to_params(req: ChatCompletionRequest, cs: ChatStream) -> Any:
+def to_params(req: ChatCompletionRequest, defaults: SamplingParams) -> SamplingParams:
     if req.n != 1:
         raise InvalidParameter("only n=1 is supported", name="n")
     changes: dict[str, Any] = {}
@@ -98,7 +97,7 @@ def to_params(req: ChatCompletionRequest, cs: ChatStream) -> Any:
     if req.stop is not None:
         changes["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
     try:
-        return cs.default_params.replace(**changes)
+        return defaults.replace(**changes)
     except InvalidParameter as exc:
         if exc.name == "max_new_tokens":
             exc.name = "max_tokens"
@@ -151,57 +150,40 @@ def _usage(fin: Finished) -> dict[str, int]:
             "total_tokens": u.prompt_tokens + u.completion_tokens}
 
 
-async def _collect(request: Request, stream: Any) -> Finished | None:
-    """Wait for the final event, cancelling the generation if the client goes away meanwhile."""
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                stream.cancel()
-                return
-
-    watcher = asyncio.ensure_future(watch())
-    try:
-        async for event in stream:
-            if isinstance(event, Finished):
-                return event
-        return None
-    finally:
-        watcher.cancel()
-        stream.cancel()
-
-
-def make_router(cs: ChatStream) -> APIRouter:
+def make_router(service: Service) -> APIRouter:
     router = APIRouter()
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": cs.model.name, "object": "model", "created": 0,
-                                            "owned_by": "chatstream_lab"}]}
+        model = service.model
+        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
+                                            "owned_by": "chatstream_lab",
+                                            "backend": str(getattr(model, "backend", "torch")),
+                                            "config_id": service.config_id}]}
 
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(req: ChatCompletionRequest, request: Request
                                ) -> Response | EventStreamResponse:
         try:
-            params = to_params(req, cs)
-            messages = to_messages(req, cs.max_input_chars)
-            ids, stops, replacements = conversation.encode_messages(messages, cs.template, cs.model)
-            stream = cs.engine.submit(ids, params, stop_strings=stops, output_replacements=replacements)
+            params = to_params(req, service.default_params)
+            messages = to_messages(req, service.max_input_chars)
+            stream = service.submit_encoded(service.encode(messages), params)
         except ChatStreamLabError as exc:
             return error_response(exc)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-        model = cs.model.name
+        model = service.model.name
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStreamResponse(stream, _ChunkEncoder(completion_id, model, include_usage),
                                        media_type="text/event-stream", closing=b"data: [DONE]\n\n")
-        fin = await _collect(request, stream)
+        fin = await collect_final(stream, request.receive)
         if fin is None or fin.finish_reason is FinishReason.CANCELLED:
             return JSONResponse(error_body("the request was cancelled", "cancelled"), status_code=499)
-        if fin.finish_reason is FinishReason.ERROR:
-            return JSONResponse(error_body(fin.error or "generation failed", "generation_error"),
-                                status_code=500)
+        if fin.finish_reason is FinishReason.ERROR:  # a remote engine's failure is a bad gateway
+            remote = getattr(service.model, "backend", "torch") == "remote"
+            return JSONResponse(error_body(fin.error or "generation failed",
+                                           "upstream_error" if remote else "generation_error"),
+                                status_code=502 if remote else 500)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": None,

@@ -110,7 +110,7 @@ class LazySessionHandle(SessionHandle):
         self._sid: SessionId | None = None
         self.is_new = False
 
-    @property  # type: ignore[override]
+    @property
     def session_id(self) -> SessionId:
         if self._sid is None:
             self._sid, self.is_new = self.store.get_or_create(self._cookie_sid)

@@ -151,12 +151,32 @@ class EventStreamResponse(Response):
         self.stream.cancel()
 
     async def _watch_disconnect(self, receive: Receive, disconnected: asyncio.Event) -> None:
-        with contextlib.suppress(Exception):
-            while True:
-                message: Message = await receive()
-                if message["type"] == "http.disconnect":
-                    self._client_left(disconnected)
-                    return
+        await watch_disconnect(receive, lambda: self._client_left(disconnected))
+
+
+async def watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) -> None:
+    """Call ``on_disconnect`` when the client goes away (the one disconnect watcher, shared by
+    streaming and non-streaming responses)."""
+    with contextlib.suppress(Exception):
+        while True:
+            message: Message = await receive()
+            if message["type"] == "http.disconnect":
+                on_disconnect()
+                return
+
+
+async def collect_final(stream: CancellableStream, receive: Receive) -> Finished | None:
+    """Wait for the final event of a response that is not streamed, cancelling the generation
+    if the client goes away meanwhile (same watcher as :class:`EventStreamResponse`)."""
+    watcher = asyncio.ensure_future(watch_disconnect(receive, stream.cancel))
+    try:
+        async for event in stream:
+            if isinstance(event, Finished):
+                return event
+        return None
+    finally:
+        watcher.cancel()
+        stream.cancel()
 
 
 def _outcome(disconnected: bool, saw_text: bool, finished: Finished | None, failed: bool) -> Outcome:

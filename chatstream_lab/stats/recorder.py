@@ -80,6 +80,9 @@ class StatsRecorder:
         max_samples: how many finished requests feed the percentiles.
         max_history: how many time-series points are kept for plots.
         clock: monotonic seconds; injectable for tests.
+        load: where running / queued come from (the admission gate's ``snapshot``, which has
+            ``running`` and ``waiting``): the gate is the one place that knows them. Without it
+            (a recorder on its own) they are counted from the lifecycle events.
 
     Example::
 
@@ -89,12 +92,14 @@ class StatsRecorder:
     """
 
     def __init__(self, config_id: str = "", *, window_s: float = 10.0, max_samples: int = 1000,
-                 max_history: int = 2000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_history: int = 2000, clock: Callable[[], float] = time.monotonic,
+                 load: Callable[[], Any] | None = None) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s!r}")
         self.config_id = config_id
         self.window_s = window_s
         self._clock = clock
+        self._load = load
         self._t0 = clock()
         self._lock = threading.Lock()
         self._waiting: set[RequestId] = set()
@@ -157,7 +162,7 @@ class StatsRecorder:
             spans = list(self._spans)
             counts = dict(self._counts)
             history = tuple(self._history) if with_history else ()
-            running, queued = len(self._running), len(self._waiting)
+            running, queued = self._counts_now()
             rejected, tokens_total = self._rejected, self._tokens_total
         return StatsSnapshot(
             running=running, queued=queued, rejected=rejected,
@@ -170,10 +175,18 @@ class StatsRecorder:
             uptime_s=now - self._t0, config_id=self.config_id, history=history,
         )
 
+    def _counts_now(self) -> tuple[int, int]:
+        """Running and queued: the gate's, or the events' when this recorder has no gate."""
+        if self._load is not None:
+            load = self._load()
+            return int(load.running), int(load.waiting)
+        return len(self._running), len(self._waiting)
+
     def _sample(self) -> None:
         """Append a time-series point; the caller holds the lock."""
+        running, queued = self._counts_now()
         self._history.append(StatsPoint(
-            t=self._clock() - self._t0, running=len(self._running), queued=len(self._waiting),
+            t=self._clock() - self._t0, running=running, queued=queued,
             finished=sum(self._counts.values()), completion_tokens=self._tokens_total,
         ))
 

@@ -256,3 +256,50 @@ def test_a_burst_reaching_an_idle_engine_is_prefilled_together(scripted, make_en
 def test_gather_s_is_validated(scripted) -> None:
     with pytest.raises(ConfigError, match="gather_s"):
         Engine(scripted("x"), gather_s=-1)
+
+
+def _join_runs_out_of_memory(lm, release: threading.Event):
+    """A scripted backend whose ``join`` raises (once ``release`` is set) outside any request's own
+    error handling."""
+    from chatstream_lab.engine.backends import ScriptedBackend
+
+    class Exploding(ScriptedBackend):
+        def join(self, *args, **kwargs):
+            release.wait(5)
+            raise MemoryError("cannot grow the KV cache")
+
+    return Exploding(lm.model, lm.tokenizer)
+
+
+def test_a_dying_engine_thread_ends_every_request_and_later_ones_fail_fast(scripted, make_engine) -> None:
+    from chatstream_lab.engine.protocol import EngineState
+    from chatstream_lab.errors import EngineUnavailable
+
+    lm = scripted("never streamed")
+    release = threading.Event()
+    engine = make_engine(lm, num_of_concurrent_executions=1, max_queue_size=3, gather_s=0,
+                         backend=_join_runs_out_of_memory(lm, release))
+    streams = [engine.submit(_ids(lm), GREEDY) for _ in range(3)]  # one admitted, two queued
+    release.set()
+    finals = [s.result(5) for s in streams]
+    assert [f.finish_reason for f in finals] == [FinishReason.ERROR] * 3
+    assert all("MemoryError" not in (f.error or "") for f in finals)  # no internals in the message
+    snap = engine.gate.snapshot()
+    assert (snap.running, snap.waiting) == (0, 0)  # every slot freed
+    assert engine.health().state is EngineState.FAILED and not engine.health().ok
+    with pytest.raises(EngineUnavailable):
+        engine.submit(_ids(lm), GREEDY)
+
+
+def test_an_observer_that_raises_does_not_kill_the_engine(scripted, make_engine) -> None:
+    class Broken:
+        def __getattr__(self, name):
+            def fail(*args):
+                raise RuntimeError(f"observer bug in {name}")
+            return fail
+
+    lm = scripted("still fine")
+    engine = make_engine(lm, observer=Broken())
+    assert engine.submit(_ids(lm), GREEDY).text(5) == "still fine"
+    assert engine.submit(_ids(lm), GREEDY).text(5) == "still fine"
+    assert engine.gate.snapshot().running == 0

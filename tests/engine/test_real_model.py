@@ -8,7 +8,7 @@ import torch
 import chatstream_lab as csl
 from chatstream_lab.config import SamplingParams
 from chatstream_lab.engine import Engine
-from chatstream_lab.engine.generate import encode_messages
+from chatstream_lab.prompts import encode_messages, resolve_template
 from chatstream_lab.types import Delta, Finished, FinishReason
 
 pytestmark = pytest.mark.real_model
@@ -18,6 +18,11 @@ PROMPTS = [
     "日本の首都はどこですか？日本語で答えてください。",
     "Write a haiku about the sea.",
 ]
+
+
+def _ids(model, messages) -> list[int]:
+    """The prompt ids of ``messages`` with the model's own chat template."""
+    return list(encode_messages(resolve_template(None, model.tokenizer), model.tokenizer, messages).ids)
 
 
 def _hf_greedy(lm, ids: list[int], max_new_tokens: int) -> str:
@@ -37,7 +42,7 @@ def test_public_api_answers_paris(real_model) -> None:
 
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_greedy_stream_equals_transformers_generate(real_model, prompt: str) -> None:
-    ids, _ = encode_messages(real_model, prompt)
+    ids = _ids(real_model, prompt)
     assert ids == real_model.tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False)
     expected = _hf_greedy(real_model, ids, 32)
@@ -49,7 +54,7 @@ def test_batched_greedy_equals_single_request(real_model) -> None:
     questions = ["What is the capital of France?", "日本の首都はどこですか？", "Hi", "List three colors.",
                  "Explain gravity in one sentence.", "What is 2+2?", "Name a fruit that is red.",
                  "Tell me a short story about a brave cat who sails across the ocean."]
-    jobs = [(encode_messages(real_model, q)[0], 4 + 3 * i) for i, q in enumerate(questions)]
+    jobs = [(_ids(real_model, q), 4 + 3 * i) for i, q in enumerate(questions)]
     singles = [csl.engine.generate.InlineStream(real_model, ids, SamplingParams(temperature=0, max_new_tokens=m))
                .text() for ids, m in jobs]
     with Engine(real_model, num_of_concurrent_executions=8, max_queue_size=0, prefill_chunk=16) as engine:
@@ -61,7 +66,7 @@ def test_batched_greedy_equals_single_request(real_model) -> None:
 def test_shared_prompt_prefix_is_prefilled_once_and_changes_no_reply(real_model) -> None:
     questions = ["What is the capital of France?", "Hi", "List three colors.", "What is 2+2?",
                  "Explain gravity in one sentence.", "Name a fruit that is red."]
-    ids = [encode_messages(real_model, q)[0] for q in questions]
+    ids = [_ids(real_model, q) for q in questions]
     params = SamplingParams(temperature=0, max_new_tokens=12)
 
     def run(prefix_cache_mb: float):
@@ -80,11 +85,11 @@ def test_shared_prompt_prefix_is_prefilled_once_and_changes_no_reply(real_model)
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(real_model) -> None:
-    ids, _ = encode_messages(real_model, "Tell me something about the moon.")
+    ids = _ids(real_model, "Tell me something about the moon.")
     params = SamplingParams(temperature=0.9, top_p=0.95, seed=1234, max_new_tokens=16)
     alone = csl.engine.generate.InlineStream(real_model, ids, params).text()
     with Engine(real_model, num_of_concurrent_executions=3, max_queue_size=0) as engine:
-        others = [engine.submit(encode_messages(real_model, q)[0], SamplingParams(temperature=1.0, max_new_tokens=12))
+        others = [engine.submit(_ids(real_model, q), SamplingParams(temperature=1.0, max_new_tokens=12))
                   for q in ("Hello there", "Count to five")]
         mine = engine.submit(ids, params)
         assert mine.text(timeout=60) == alone

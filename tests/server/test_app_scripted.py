@@ -129,7 +129,8 @@ def test_feedback_goes_to_the_sink(url, feedback):
 
 
 def test_ops_routes(url):
-    assert httpx.get(url + "/health").json() == {"status": "ok"}
+    health = httpx.get(url + "/health").json()
+    assert health["status"] == "ok" and health["engine"]["state"] in ("idle", "running")
     s = httpx.get(url + "/stats").json()
     assert s["config_id"] and s["limit"] == 2 and s["max_queue_size"] == 5 and "history" not in s
     assert "history" in httpx.get(url + "/stats?history=true").json()
@@ -190,3 +191,27 @@ def test_token_auth_and_cors():
                                                         "Access-Control-Request-Method": "POST"})
         assert pre.headers.get("access-control-allow-origin") != "*"
         assert "http://evil.test" not in pre.headers.get("access-control-allow-origin", "")
+
+
+def test_a_dead_engine_makes_health_and_requests_answer_503(scripted, serve):
+    from chatstream_lab.engine import Engine
+    from chatstream_lab.engine.backends import ScriptedBackend
+    from chatstream_lab.service import Service
+
+    class Exploding(ScriptedBackend):
+        def join(self, *args, **kwargs):
+            raise MemoryError("cannot grow the KV cache")
+
+    lm = scripted("never streamed")
+    engine = Engine(lm, gather_s=0, backend=Exploding(lm.model, lm.tokenizer))
+    with serve(create_app(Service.build(lm, template="chatml", generator=engine))) as url:
+        body = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
+                          timeout=10).json()
+        assert "error" in body
+        health = httpx.get(url + "/health", timeout=5)
+        assert health.status_code == 503 and health.json()["engine"]["state"] == "failed"
+        again = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}]},
+                           timeout=5)
+        assert again.status_code == 503 and again.headers["retry-after"]
+        assert again.json()["error"]["type"] == "engine_unavailable"
+    engine.close()

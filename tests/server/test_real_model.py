@@ -64,13 +64,14 @@ def test_seed_and_sse_clients_multiturn_per_cookie(url):
 
 
 def test_seed_style_hf_model_and_tokenizer(real_model):
-    from chatstream_lab.server import conversation
+    from chatstream_lab.prompts import encode_chat_prompt
 
     cs = ChatStream(model=real_model.model, tokenizer=real_model.tokenizer)
     assert cs.model.tokenizer is real_model.tokenizer and cs.model.stop_token_ids
     sid = cs.sessions.create()
     turn = cs.sessions.begin_turn(sid, QUESTION)
-    ids, stops, _ = conversation.encode(turn.prompt, cs.template, cs.model)
+    encoded = encode_chat_prompt(turn.prompt, cs.template, cs.model.tokenizer)
+    ids = list(encoded.ids)
     expected = real_model.tokenizer.apply_chat_template(
         [{"role": "user", "content": QUESTION}], add_generation_prompt=True, tokenize=True)
     if hasattr(expected, "keys"):

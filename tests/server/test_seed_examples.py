@@ -129,7 +129,7 @@ def test_constructor_starts_nothing_and_rejects_unknown_options():
     before = {t.name for t in threading.enumerate()}
     cs = ChatStream(model=scripted_model(), template="chatml", too_many_request_as_http_error=True)
     assert {t.name for t in threading.enumerate()} == before
-    assert cs._engine is None
+    assert cs.service.health().state.value == "idle"
     with pytest.raises(ConfigError) as info:
         ChatStream(model=scripted_model(), template="chatml", max_que_size=3)
     assert info.value.name == "max_que_size"

@@ -1,7 +1,5 @@
-"""Template helpers the notebook side needs: a stable fingerprint, and a system prompt on any template.
+"""A system prompt on any template.
 
-``fingerprint(template)`` is what goes into a configuration id: every field of a declarative
-template, the source of a Jinja one, so editing one character of a turn format makes a new id.
 ``with_system_prompt(template, text)`` gives a template whose conversations start with ``text``
 as the system message unless they bring their own: a declarative template gets it as its
 ``default_system``; any other template (the model's own Jinja template) is wrapped.
@@ -13,25 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..prompts import DeclarativeTemplate
-
-
-def template_name(template: Any) -> str:
-    return str(getattr(template, "name", type(template).__name__))
-
-
-def fingerprint(template: Any) -> Any:
-    """JSON-friendly data that identifies ``template`` (for :func:`~chatstream_lab.config.config_id`)."""
-    if isinstance(template, SystemPromptTemplate):
-        return {"system_prompt": template.system_prompt, "inner": fingerprint(template.inner)}
-    as_dict = getattr(template, "as_dict", None)
-    if callable(as_dict):
-        return {"type": type(template).__name__, **as_dict()}
-    source = getattr(template, "source", None)
-    if isinstance(source, str):
-        return {"type": type(template).__name__, "name": template_name(template), "source": source,
-                "stop_strings": list(getattr(template, "stop_strings", ()) or ())}
-    return {"type": type(template).__name__, "name": template_name(template)}
+from ..config import template_fingerprint, template_name
+from .declarative import DeclarativeTemplate
 
 
 @dataclass(frozen=True)
@@ -44,6 +25,9 @@ class SystemPromptTemplate:
     @property
     def name(self) -> str:
         return f"{template_name(self.inner)} + system prompt"
+
+    def fingerprint(self) -> Any:
+        return {"system_prompt": self.system_prompt, "inner": template_fingerprint(self.inner)}
 
     @property
     def stop_strings(self) -> tuple[str, ...]:

@@ -1,0 +1,25 @@
+"""Which generator serves a model: the local batching engine, or a remote one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..admission import AdmissionGate
+from ..types import LifecycleObserver
+from .protocol import Generator
+
+
+def build_generator(model: Any, gate: AdmissionGate[Any], observer: LifecycleObserver | None = None,
+                    **options: Any) -> Generator:
+    """The request-level generator for ``model`` (nothing starts until its first request).
+
+    ``options`` go to the engine: ``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``onednn``
+    for the local one; ``timeout_s``, ``retry_after_s`` for a remote one.
+    """
+    if getattr(model, "backend", "torch") == "remote":
+        from .remote import RemoteEngine
+
+        return RemoteEngine(model, gate=gate, observer=observer, **options)
+    from .engine import Engine
+
+    return Engine(model, gate=gate, observer=observer, **options)

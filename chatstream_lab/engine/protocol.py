@@ -1,0 +1,140 @@
+"""The generation seam, at two levels.
+
+**Request level** (:class:`Generator`): what the server, the notebook and ``Lab`` see. ``submit``
+takes a prompt's token ids and returns a :class:`~chatstream_lab.engine.stream.RequestStream`
+(``Queued* Delta* Finished``, exactly one ``Finished``) or raises ``QueueFull`` synchronously; the
+stream can be cancelled from any thread. Implementations: the local batching
+:class:`~chatstream_lab.engine.engine.Engine` and the remote
+:class:`~chatstream_lab.engine.remote.RemoteEngine` (vLLM, llama-server, any OpenAI-compatible
+server). Every implementation takes its admission gate and lifecycle observer by injection and
+goes through :class:`~chatstream_lab.engine.lifecycle.RequestLifecycle`, so the limit, the queue
+and the numbers behave the same whatever produces the tokens.
+
+**Step level** (:class:`StepBackend`): what the batching engine drives on its one thread:
+prefill / join / decode / leave, logits per row. Implementations: the HF torch backend and the
+scripted backend. Sampling, stop ids, stop strings and detokenization stay in
+:class:`~chatstream_lab.engine.decoder.BatchDecoder`, the same code for every step-level backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ..config import SamplingParams
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from ..admission import AdmissionGate
+    from ..models import LoadedModel
+    from .stream import RequestStream
+
+Key = Hashable
+H = TypeVar("H")
+
+
+class EngineState(str, Enum):
+    """What ``/health`` reports about a generator (or one of its upstreams)."""
+
+    IDLE = "idle"  # built, thread not started yet
+    RUNNING = "running"
+    DEGRADED = "degraded"  # some upstreams are down, requests still served
+    FAILED = "failed"  # cannot serve; every request fails fast with 503
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamHealth:
+    """One remote engine behind a :class:`~chatstream_lab.engine.remote.RemoteEngine`."""
+
+    url: str
+    healthy: bool
+    in_flight: int = 0
+    failures: int = 0
+    retry_in_s: float = 0.0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """The generator's state, for ``/health`` (a load balancer can use ``ok``)."""
+
+    state: EngineState
+    backend: str
+    detail: str | None = None
+    upstreams: tuple[UpstreamHealth, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return self.state in (EngineState.IDLE, EngineState.RUNNING, EngineState.DEGRADED)
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state.value, "backend": self.backend}
+        if self.detail:
+            out["detail"] = self.detail
+        if self.upstreams:
+            out["upstreams"] = [{"url": u.url, "healthy": u.healthy, "in_flight": u.in_flight,
+                                 "failures": u.failures, "retry_in_s": round(u.retry_in_s, 2),
+                                 "last_error": u.last_error} for u in self.upstreams]
+        return out
+
+
+class Generator(Protocol):
+    """Request level: token ids in, a stream of events out (see the module docstring)."""
+
+    @property
+    def model(self) -> LoadedModel: ...
+
+    @property
+    def gate(self) -> AdmissionGate[Any]: ...
+
+    def start(self) -> Generator: ...
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
+               stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
+               stop_token_ids: Sequence[int] = (), session_key: str | None = None,
+               messages: Sequence[dict[str, str]] | None = None) -> RequestStream:
+        """Queue a request; raises QueueFull at once when the gate is full.
+
+        ``session_key`` lets an engine keep a session's state warm (a remote engine sends a
+        session's turns to the same upstream). ``messages`` replaces ``prompt_ids`` for a remote
+        model without a local tokenizer (its own chat template renders them).
+        """
+        ...
+
+    def health(self) -> EngineHealth: ...
+
+    def close(self, timeout: float = 10.0) -> None: ...
+
+
+class StepBackend(Protocol[H]):
+    """Step level: what :class:`~chatstream_lab.engine.decoder.BatchDecoder` drives (one thread).
+
+    ``H`` is the backend's own handle of a prompt on its way into the batch. Logits are float
+    ``[vocab]`` (one prompt) or ``[rows, vocab]`` on any device, in ``rows`` order.
+    """
+
+    rows: list[Key]
+
+    def start(self, prompt_ids: Sequence[int]) -> H: ...
+
+    def prefill(self, handle: H, budget: int) -> torch.Tensor | None:
+        """Run up to ``budget`` prompt tokens; the last logits once the whole prompt is in."""
+        ...
+
+    def prefill_group(self, prompts: Sequence[Sequence[int]]) -> tuple[H, torch.Tensor]: ...
+
+    def join(self, keys: Key | list[Key], handle: H, keep: Sequence[int] | None = None) -> None: ...
+
+    def decode(self, tokens: Sequence[int]) -> torch.Tensor: ...
+
+    def leave(self, keys: AbstractSet[Key]) -> None: ...
+
+    def reset(self) -> None: ...

@@ -1,0 +1,27 @@
+"""HTML for the notebook's ``_repr_html_`` of a Lab (kept out of ``Lab``, which only wires)."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from ..config import ServeConfig
+
+
+def lab_html(model_name: str, backend: str, config: ServeConfig, *, running: int, queued: int, limit: int,
+             max_queue_size: int, url: str | None, served_config_id: str | None) -> str:
+    params = ", ".join(f"{k}={v!r}" for k, v in config.params.as_dict().items()
+                       if not (k == "stop" and not v) and not (k == "seed" and v is None))
+    serving = (f"<a href='{escape(url)}' target='_blank'>{escape(url)}</a> "
+               f"(config <code>{escape(served_config_id or '')}</code>)") if url else "not serving"
+    rows: list[tuple[str, Any]] = [
+        ("model", f"{escape(model_name)} <small>({escape(backend)})</small>"),
+        ("template", escape(config.template_name)),
+        ("system prompt", escape(config.system_prompt or "(template default)")),
+        ("params", f"<code>{escape(params)}</code>"),
+        ("config id", f"<code>{escape(config.config_id)}</code>"), ("serving", serving),
+        ("running / queued", f"{running} / {queued} (limit {limit}, queue {max_queue_size})"),
+    ]
+    body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>"
+                   f"{v}</td></tr>" for k, v in rows)
+    return f"<table><caption style='text-align:left'><b>chatstream_lab.Lab</b></caption>{body}</table>"

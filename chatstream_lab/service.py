@@ -1,0 +1,257 @@
+"""``Service``: one served configuration and the machinery that serves it.
+
+It is the composition root of the data path and the ONLY place that constructs the admission
+gate, the generator (the local engine or a remote one), the stats recorder and the Prometheus
+exporter. The seed facade (:class:`~chatstream_lab.server.ChatStream`), the app
+(:func:`~chatstream_lab.server.create_app`), the OpenAI routes, the notebook widgets and ``Lab``
+all receive a Service (or a callable of it) and never build any of these themselves.
+
+A Service is cheap to *view* under another configuration (:meth:`with_config`): the view shares the
+generator, gate and recorder, so previews in a notebook and HTTP clients of the endpoint share one
+concurrency limit, one queue and one set of numbers, while each reports the configuration it serves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+from .admission import AdmissionGate
+from .config import Limits, SamplingParams, ServeConfig
+from .engine.factory import build_generator
+from .engine.protocol import EngineHealth, Generator
+from .engine.stream import RequestStream
+from .errors import ConfigError
+from .prompts import EncodedPrompt, encode_messages, with_system_prompt
+from .prompts.resolve import resolve_served_template
+from .stats import PrometheusExporter, StatsRecorder, StatsSnapshot
+
+_UNSET: Any = object()
+
+
+class _Machinery:
+    """What views of one Service share: gate, generator, recorder, exporter.
+
+    The generator (and its gate) is built on first use; after :meth:`close` the next use builds a
+    fresh one, so an app can be served, stopped and served again. A shared generator (passed in)
+    is never closed here.
+    """
+
+    def __init__(self, model: Any, limits: Limits, engine_options: dict[str, Any],
+                 generator: Generator | None) -> None:
+        self.model = model
+        self.limits = generator.gate.limits if generator is not None else limits
+        self.engine_options = engine_options
+        self._shared = generator
+        self._generator: Generator | None = generator
+        self._gate: AdmissionGate[Any] = generator.gate if generator is not None else AdmissionGate(limits)
+        self.recorder = StatsRecorder(load=lambda: self._gate.snapshot())
+        self.exporter = PrometheusExporter(self.recorder)
+        self._lock = threading.Lock()
+
+    @property
+    def gate(self) -> AdmissionGate[Any]:
+        return self._gate
+
+    @property
+    def built(self) -> Generator | None:
+        return self._generator
+
+    def generator(self) -> Generator:
+        with self._lock:
+            if self._generator is None:
+                self._generator = build_generator(self.model, self._gate, self.recorder, **self.engine_options)
+            return self._generator
+
+    def close(self) -> None:
+        with self._lock:
+            generator = self._generator
+            if self._shared is not None or generator is None:
+                return
+            self._generator = None
+            self._gate = AdmissionGate(self.limits)
+        generator.close()
+
+    def relimit(self, limits: Limits) -> None:
+        if limits == self.limits:
+            return
+        if self._shared is not None:
+            raise ConfigError("this service serves a generator it was given; its limits are that "
+                              "generator's", name="num_of_concurrent_executions")
+        snap = self._gate.snapshot()
+        if snap.running or snap.waiting:
+            raise ConfigError(f"cannot change the limits while {snap.running} request(s) run and "
+                              f"{snap.waiting} wait; stop them (or wait) and serve() again",
+                              name="num_of_concurrent_executions")
+        self.close()
+        with self._lock:
+            self.limits = limits
+            self._gate = AdmissionGate(limits)
+
+
+class Service:
+    """A model, its served :class:`~chatstream_lab.config.ServeConfig` and :class:`Limits`, and the
+    generator, gate, recorder and exporter behind them. Build one with :meth:`build`.
+
+    Constructing it starts no thread: the engine starts on the first request.
+    """
+
+    def __init__(self, machinery: _Machinery, config: ServeConfig, *, max_input_chars: int = 8000,
+                 tracked: bool = False) -> None:
+        if isinstance(max_input_chars, bool) or not isinstance(max_input_chars, int) or max_input_chars < 1:
+            raise ConfigError(f"max_input_chars must be a positive integer, got {max_input_chars!r}",
+                              name="max_input_chars")
+        self._m = machinery
+        self.config = config
+        self.max_input_chars = max_input_chars
+        self._streams: weakref.WeakSet[RequestStream] | None = weakref.WeakSet() if tracked else None
+        self._detached = False
+        self._streams_lock = threading.Lock()
+
+    @classmethod
+    def build(cls, model: Any, template: Any = None, params: SamplingParams | None = None, *,
+              limits: Limits | None = None, system_prompt: str | None = None, max_input_chars: int = 8000,
+              generator: Generator | None = None, config: ServeConfig | None = None,
+              **engine_options: Any) -> Service:
+        """The service for ``model`` (a LoadedModel) with ``template`` (None: the model's own, or a
+        preset name, or a template object), sampling ``params`` and admission ``limits``.
+
+        ``config`` (a whole ServeConfig) replaces ``template`` / ``params`` / ``system_prompt``;
+        ``generator`` shares an already-built one (with its gate); ``engine_options`` go to the
+        engine (``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``onednn``; for a remote
+        model ``timeout_s``, ``retry_after_s``).
+        """
+        if config is None:
+            resolved = resolve_served_template(template, model.tokenizer)
+            if system_prompt is not None:
+                resolved = with_system_prompt(resolved, system_prompt)
+            config = ServeConfig(model.name, resolved, params or SamplingParams())
+        machinery = _Machinery(model, limits or Limits(), engine_options, generator)
+        return cls(machinery, config, max_input_chars=max_input_chars)
+
+    def with_config(self, config: ServeConfig, *, tracked: bool = False) -> Service:
+        """A view serving ``config`` through the same generator, gate and recorder.
+
+        ``tracked``: the view remembers the streams submitted through it, so :meth:`detach` can end
+        them (an endpoint stopping while the notebook's previews go on).
+        """
+        return Service(self._m, config, max_input_chars=self.max_input_chars, tracked=tracked)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Serve with other admission ``limits`` from now on: the generator is replaced by a fresh
+        one (it must be idle); the recorder and its numbers are kept. Every view sees the change."""
+        self._m.relimit(limits)
+
+    def detach(self) -> None:
+        """Refuse new requests through this view and cancel its open ones (a tracked view's)."""
+        with self._streams_lock:
+            self._detached = True
+            streams = list(self._streams or ())
+        for stream in streams:
+            stream.cancel()
+
+    def open_streams(self) -> list[RequestStream]:
+        """The unfinished streams submitted through this (tracked) view."""
+        with self._streams_lock:
+            return [s for s in (self._streams or ()) if not s.done]
+
+    # -- what is served -----------------------------------------------------------------------
+    @property
+    def model(self) -> Any:
+        return self._m.model
+
+    @property
+    def limits(self) -> Limits:
+        return self._m.limits
+
+    @property
+    def template(self) -> Any:
+        return self.config.template
+
+    @property
+    def default_params(self) -> SamplingParams:
+        return self.config.params
+
+    @property
+    def config_id(self) -> str:
+        return self.config.config_id
+
+    @property
+    def generator(self) -> Generator:
+        """The generator (built on first use; a fresh one after :meth:`close`)."""
+        return self._m.generator()
+
+    @property
+    def gate(self) -> AdmissionGate[Any]:
+        return self._m.gate
+
+    @property
+    def recorder(self) -> StatsRecorder:
+        return self._m.recorder
+
+    @property
+    def exporter(self) -> PrometheusExporter:
+        return self._m.exporter
+
+    # -- requests -------------------------------------------------------------------------------
+    def encode(self, messages: str | Sequence[Any], config: ServeConfig | None = None) -> EncodedPrompt:
+        """The prompt ``config``'s template (default: the served one) makes of ``messages``."""
+        return encode_messages((config or self.config).template, self.model.tokenizer, messages)
+
+    def submit(self, messages: str | Sequence[Any], config: ServeConfig | None = None, *,
+               session_key: str | None = None) -> RequestStream:
+        """Encode ``messages`` (a string is one user message) with ``config`` and submit it.
+
+        Raises QueueFull at once when every slot is busy and the queue is full.
+        """
+        config = config or self.config
+        return self.submit_encoded(self.encode(messages, config), config.params, session_key=session_key)
+
+    def submit_encoded(self, encoded: EncodedPrompt, params: SamplingParams | None = None, *,
+                       session_key: str | None = None) -> RequestStream:
+        """Submit an already-encoded prompt (``params`` default: the configuration's)."""
+        with self._streams_lock:
+            if self._detached:
+                from .engine import EngineClosed
+
+                raise EngineClosed("this endpoint was stopped")
+            extra: dict[str, Any] = {} if encoded.messages is None else {"messages": encoded.messages}
+            stream = self.generator.start().submit(
+                encoded.ids, params or self.config.params, stop_strings=encoded.stop_strings,
+                output_replacements=encoded.output_replacements, session_key=session_key, **extra)
+            if self._streams is not None:
+                self._streams.add(stream)
+        return stream
+
+    # -- numbers ----------------------------------------------------------------------------------
+    def stats(self, *, with_history: bool = True) -> StatsSnapshot:
+        """The numbers of every request through this generator, labelled with this configuration."""
+        snap = self.recorder.snapshot(with_history=with_history)
+        return dataclasses.replace(snap, config_id=self.config_id)
+
+    def health(self) -> EngineHealth:
+        """The generator's state (``idle`` before the first request)."""
+        built = self._m.built
+        if built is None:
+            from .engine.protocol import EngineState
+
+            return EngineHealth(EngineState.IDLE, str(getattr(self.model, "backend", "torch")))
+        return built.health()
+
+    def start(self) -> Service:
+        self.generator.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the generator this service built (cancels what is in flight); a later request
+        builds a fresh one. A generator passed to :meth:`build` is left running. Idempotent."""
+        self._m.close()
+
+    def __repr__(self) -> str:
+        snap = self.gate.snapshot()
+        return (f"<Service model={self.model.name!r} config_id={self.config_id} "
+                f"running={snap.running}/{snap.limit} queued={snap.waiting}/{snap.max_queue_size}>")
+
