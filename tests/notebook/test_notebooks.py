@@ -87,6 +87,8 @@ def test_03_demo_endpoint():
     stats = _text(_cell(nb, "/stats\").json()"))
     served_id, lab_id = re.findall(r"config: (\w+)", stats)
     assert served_id == lab_id
+    remote = _text(_cell(nb, "remote = csl.remote_model(ep.url)"))
+    assert "Paris" in remote and "backend: remote" in remote and "'status': 'ok'" in remote
     dash = _cell(nb, "dash = ep.dashboard()")
     assert "image/png" in _mimes(dash)  # the drawn figure (updated in place through its display id)
     load = _text(_cell(nb, "test = ep.load_test("))
