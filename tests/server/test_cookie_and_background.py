@@ -84,3 +84,47 @@ def test_startup_failure_is_reraised():
     app = FastAPI(lifespan=lifespan)
     with pytest.raises(ServerStartError):
         BackgroundServer(app, port=0).start(timeout=10)
+
+
+def test_background_server_answers_without_the_nagle_delay(scripted):
+    """Every accepted connection gets TCP_NODELAY: a keep-alive /health round trip is not ~40 ms
+    (Nagle + delayed ACK). Compared with a plain no-delay socket server in the same test."""
+    import socket
+    import statistics
+    import threading
+    import time
+
+    import httpx
+
+    from chatstream_lab.server import BackgroundServer, create_app
+
+    def median_round_trip(get) -> float:
+        times = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            get()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times[3:])
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def plain_server() -> None:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while data := conn.recv(65536):
+                if b"\r\n\r\n" in data:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+    threading.Thread(target=plain_server, daemon=True).start()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False) as plain:
+        baseline = median_round_trip(lambda: plain.get("/"))
+    server = BackgroundServer(create_app(model=scripted("hi"), template="chatml"), port=0).start()
+    try:
+        with httpx.Client(base_url=server.url, trust_env=False) as client:
+            ours = median_round_trip(lambda: client.get("/health"))
+    finally:
+        server.stop()
+        listener.close()
+    assert ours < baseline + 0.02, (ours, baseline)  # Nagle would add ~40 ms to every round trip
