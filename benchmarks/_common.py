@@ -33,3 +33,10 @@ def percentile(xs: list[float], q: float) -> float:
 
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def prompt_ids(lm, messages) -> list[int]:
+    """The prompt ids of ``messages`` (a string: one user message) with the model's own template."""
+    from chatstream_lab.prompts import encode_messages, resolve_template
+
+    return list(encode_messages(resolve_template(None, lm.tokenizer), lm.tokenizer, messages).ids)

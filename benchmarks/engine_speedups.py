@@ -3,7 +3,7 @@
 * prefix cache: one grouped prefill of the 16 benchmark prompts (they share SmolLM2's system
   prompt) with and without :class:`~chatstream_lab.engine.prefix_cache.PrefixCache`;
 * packed linears: the median decode step of those 16 rows with and without
-  :class:`~chatstream_lab.engine.backends.PackedLinears`.
+  :class:`~chatstream_lab.engine.onednn.PackedLinears`.
 
 Prints medians and the on/off ratios with the load average. No assertion.
 Usage: ``python benchmarks/engine_speedups.py [--rounds 4] [--steps 20]``
@@ -19,7 +19,7 @@ from throughput import PROMPTS
 
 import chatstream_lab as csl
 from chatstream_lab.engine.backends import HFBackend
-from chatstream_lab.engine.generate import encode_messages
+from chatstream_lab.prompts import encode_messages, resolve_template
 
 
 def prefill_s(backend: HFBackend, ids: list[list[int]]) -> float:
@@ -48,7 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     before = loadavg()
     lm = csl.load_model(progress=False)
-    ids = [encode_messages(lm, p)[0] for p in PROMPTS]
+    template = resolve_template(None, lm.tokenizer)
+    ids = [list(encode_messages(template, lm.tokenizer, p).ids) for p in PROMPTS]
     plain, cached = HFBackend(lm.model, prefix_cache_bytes=0), HFBackend(lm.model)
     cached.prefill_group(ids[:2])  # stores the shared start, as any earlier request would
     mode = cached._linears

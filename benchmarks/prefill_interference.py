@@ -32,12 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import loadavg, machine, median, percentile
+from _common import loadavg, machine, median, percentile, prompt_ids
 
 import chatstream_lab as csl
 from chatstream_lab.config import SamplingParams
 from chatstream_lab.engine import Engine
-from chatstream_lab.engine.generate import encode_messages
 from chatstream_lab.types import Delta
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +58,7 @@ def long_prompt(lm: Any, n_tokens: int, i: int) -> list[int]:
     """A user message of about ``n_tokens`` tokens (distinct per i), chat-templated."""
     unit = len(lm.tokenizer.encode(FILLER, add_special_tokens=False))
     body = f"Report {i}. " + FILLER * max(1, n_tokens // unit)
-    ids, _ = encode_messages(lm, body + "\nSummarize the report above in one sentence.")
+    ids = prompt_ids(lm, body + "\nSummarize the report above in one sentence.")
     return ids
 
 
@@ -169,7 +168,7 @@ def main() -> None:
     chunks = [int(c) for c in args.chunks.split(",") if c.strip()]
     load_before = loadavg()
     lm = csl.load_model(dtype="float32", progress=False)
-    running_ids = [encode_messages(lm, RUNNING_PROMPTS[i % len(RUNNING_PROMPTS)])[0] for i in range(args.running)]
+    running_ids = [prompt_ids(lm, RUNNING_PROMPTS[i % len(RUNNING_PROMPTS)]) for i in range(args.running)]
     long_ids = [long_prompt(lm, args.long_tokens, i) for i in range(args.arrivals)]
     results: dict[str, Any] = {}
     for chunk in chunks:

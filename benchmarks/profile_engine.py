@@ -35,6 +35,7 @@ from throughput import PROMPTS
 import chatstream_lab as csl
 from chatstream_lab.config import SamplingParams
 from chatstream_lab.engine import Engine
+from chatstream_lab.engine.backends import for_model
 from chatstream_lab.engine.decoder import BatchDecoder
 from chatstream_lab.engine.stream import RequestStream
 from chatstream_lab.prompts import encode_messages, resolve_template
@@ -51,7 +52,7 @@ def _ids(model, messages) -> list[int]:
 def decoder_run(lm: Any, ids: list[list[int]], n: int) -> tuple[float, int]:
     """All rows admitted at once, stepped until every row is done; (seconds, tokens)."""
     done: list[Any] = []
-    dec = BatchDecoder(lm, on_retire=done.append, prefill_chunk=256)
+    dec = BatchDecoder(lm, for_model(lm), on_retire=done.append, prefill_chunk=256)
     params = SamplingParams(temperature=0, max_new_tokens=n)
     rows = []
     for i, p in enumerate(ids):

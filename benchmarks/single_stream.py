@@ -13,12 +13,12 @@ import json
 import time
 
 import torch
-from _common import machine, median
+from _common import machine, median, prompt_ids
 
 import chatstream_lab as csl
 from chatstream_lab.config import SamplingParams
 from chatstream_lab.engine import Engine
-from chatstream_lab.engine.generate import InlineStream, encode_messages
+from chatstream_lab.engine.generate import InlineStream
 
 PROMPT = "Write a long story about a lighthouse keeper who finds a message in a bottle."
 
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     lm = csl.load_model(dtype=args.dtype, progress=False)
-    ids, _ = encode_messages(lm, PROMPT)
+    ids = prompt_ids(lm, PROMPT)
     engine = Engine(lm, num_of_concurrent_executions=1, max_queue_size=0).start()
     # warm-up, and the token count the library really produces (it stops at EOS)
     _, n = library_inline(lm, ids, args.tokens)

@@ -29,8 +29,6 @@ from .prompts import EncodedPrompt, encode_messages, with_system_prompt
 from .prompts.resolve import resolve_served_template
 from .stats import PrometheusExporter, StatsRecorder, StatsSnapshot
 
-_UNSET: Any = object()
-
 
 class _Machinery:
     """What views of one Service share: gate, generator, recorder, exporter.

@@ -24,14 +24,13 @@ from ..config import Limits, SamplingParams
 from ..errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
 from ..types import Finished, FinishReason, LifecycleObserver
 from .decoder import BatchDecoder, Row
-from .lifecycle import NullObserver, RequestLifecycle, make_usage
+from .lifecycle import RequestLifecycle, make_usage
 from .protocol import EngineHealth, EngineState, StepBackend
 from .stream import RequestStream
 
 log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 1.0  # queued requests hear their position at least this often
-_NullObserver = NullObserver  # kept for code that imported the old private name
 
 
 class EngineClosed(ChatStreamLabError):
