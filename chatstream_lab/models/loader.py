@@ -108,6 +108,13 @@ def _gguf_cache_key(path: Path) -> str:
     return f"{path.stem}-{hashlib.sha256(blob).hexdigest()[:12]}"
 
 
+def converted_dir(gguf: str | os.PathLike[str] | None = None, cache_dir: Path | None = None) -> Path:
+    """Where the converted HF copy of a GGUF file (default: the bundled one) is kept: a plain HF
+    directory any engine loads (vLLM, optimum), written by the first ``load_model`` of it."""
+    path = Path(gguf) if gguf is not None else bundled_model_path()
+    return (cache_dir or default_cache_dir()) / "converted" / _gguf_cache_key(path)
+
+
 def _checkpoint_tensors(model: Any) -> dict[str, Any]:
     """The state dict with each shared tensor once, under its first name: a tied embedding is
     stored as ``model.embed_tokens.weight`` (as HF checkpoints have it), not ``lm_head.weight``
@@ -191,7 +198,7 @@ def _from_pretrained(where: str, *, gguf_file: str | None, torch_dtype: Any,
 
 
 def _load_gguf(path: Path, torch_dtype: Any, cache_dir: Path | None, bar: Any) -> tuple[Any, Any]:
-    converted = (cache_dir or default_cache_dir()) / "converted" / _gguf_cache_key(path)
+    converted = converted_dir(path, cache_dir)
     if _is_current_copy(converted):
         bar.set_description(f"Loading {path.stem} (converted copy)")
         return _from_pretrained(str(converted), gguf_file=None, torch_dtype=torch_dtype,
