@@ -135,8 +135,10 @@ class LlamaServer:
       advertising ``Keep-Alive``; a pooled ``httpx.Client`` then now and then fails the next request
       with ``RemoteProtocolError: Server disconnected without sending a response``. Use
       ``httpx.Limits(max_keepalive_connections=0)`` (or a fresh connection per stream).
-    * ggml's OpenMP threads spin-wait: with ``-t 2`` on 2 busy cores decoding slows 3-100x.
-      ``OMP_WAIT_POLICY=PASSIVE`` (the default here, see ``omp_passive``) avoids that.
+    * ggml's OpenMP threads spin-wait: with ``-t 2`` on 2 cores shared with anything else (the test
+      client, a compile) decoding slows 3-100x. ``omp_passive`` (default on for llama-server) sets
+      ``OMP_WAIT_POLICY=PASSIVE``, which avoids that but costs ~25% single-stream speed on an idle
+      machine: benchmarks on a quiet machine may pass ``omp_passive=False``.
     """
 
     def __init__(
@@ -153,7 +155,7 @@ class LlamaServer:
         startup_timeout: float = 120.0,
         binary: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
-        omp_passive: bool = True,
+        omp_passive: bool | None = None,
     ) -> None:
         self.model = Path(model) if model is not None else bundled_gguf()
         self.parallel = int(parallel)
@@ -166,6 +168,8 @@ class LlamaServer:
         self.startup_timeout = float(startup_timeout)
         self._binary = Path(binary) if binary is not None else None
         self._env = dict(env or {})
+        if omp_passive is None:  # default: on for llama-server (ggml's OpenMP pool), off for subclasses' engines
+            omp_passive = type(self).command is LlamaServer.command
         if omp_passive and "OMP_WAIT_POLICY" not in os.environ:
             self._env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         if log_path is None:
