@@ -7,6 +7,8 @@ handles all of them.
 
 from __future__ import annotations
 
+import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +27,19 @@ from ..errors import (
     SessionError,
     TemplateError,
 )
+from ..types import Finished
 
 RETRY_AFTER_S = 1
+
+log = logging.getLogger(__name__)
+
+
+def public_generation_error(finished: Finished) -> str:
+    """What a client is told of a failed generation: a fixed message with an error id. The detail
+    (exception text, device, paths, upstream URLs) is logged under that id, never sent."""
+    error_id = uuid.uuid4().hex[:12]
+    log.error("request %s failed (error id %s): %s", finished.request_id, error_id, finished.error)
+    return f"generation failed (error id {error_id})"
 
 
 @dataclass(frozen=True, slots=True)

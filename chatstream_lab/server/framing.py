@@ -18,8 +18,12 @@ import json
 from typing import Any
 
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent
+from .errors import public_generation_error
 
 SEED_DELIMITER = "<::EOS::>"
+# The record that ends a seed-framed body whose generation failed: ``<::ERROR::>message<::EOS::>``
+# (the seed protocol has no error record; a client that shows records shows this one).
+SEED_ERROR_MARKER = "<::ERROR::>"
 MESSAGE_ID_HEADER = "X-ChatStream-Last-Generated-Message-Id"
 
 
@@ -62,7 +66,7 @@ class SeedEncoder:
             return (self.text + SEED_DELIMITER).encode()
         if isinstance(event, Finished):
             if event.finish_reason is FinishReason.ERROR:
-                return None  # the seed protocol has no error record; the body just ends
+                return (SEED_ERROR_MARKER + public_generation_error(event) + SEED_DELIMITER).encode()
             # one last record with the final text, as ChatStream did (it may differ from the
             # deltas only if the engine trimmed a pending stop-string prefix)
             self.text = event.text
@@ -83,7 +87,7 @@ class SSEEncoder:
             return sse_event("delta", {"text": event.text}) if event.text else None
         if isinstance(event, Finished):
             if event.finish_reason is FinishReason.ERROR:
-                return sse_event("error", {"message": event.error or "generation failed",
+                return sse_event("error", {"message": public_generation_error(event),
                                            "type": "generation_error", "message_id": self.message_id})
             return sse_event("done", {"finish_reason": event.finish_reason.value,
                                       "usage": event.usage.as_dict(), "message_id": self.message_id,

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 from ..config import SamplingParams
 from ..errors import ChatStreamLabError, InvalidParameter
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent
-from .errors import BadRequest, error_body, error_response
+from .errors import BadRequest, error_body, error_response, public_generation_error
 from .framing import sse_comment
 from .streaming import EventStreamResponse, collect_final
 
@@ -132,7 +132,7 @@ class _ChunkEncoder:
             return head + self._frame([{"index": 0, "delta": {"content": event.text}, "finish_reason": None}])
         if isinstance(event, Finished):
             if event.finish_reason is FinishReason.ERROR:
-                body = error_body(event.error or "generation failed", "generation_error")
+                body = error_body(public_generation_error(event), "generation_error")
                 return f"data: {json.dumps(body)}\n\n".encode()
             if event.finish_reason is FinishReason.CANCELLED:
                 return None
@@ -181,7 +181,7 @@ def make_router(service: Service) -> APIRouter:
             return JSONResponse(error_body("the request was cancelled", "cancelled"), status_code=499)
         if fin.finish_reason is FinishReason.ERROR:  # a remote engine's failure is a bad gateway
             remote = getattr(service.model, "backend", "torch") == "remote"
-            return JSONResponse(error_body(fin.error or "generation failed",
+            return JSONResponse(error_body(public_generation_error(fin),
                                            "upstream_error" if remote else "generation_error"),
                                 status_code=502 if remote else 500)
         return JSONResponse({

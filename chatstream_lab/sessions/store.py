@@ -185,8 +185,9 @@ class SessionStore:
     def finish_turn(self, turn: Turn, finished: Finished | None, *, message_id: str | None = None) -> bool:
         """End ``turn`` (call it in ``finally``); idempotent. Returns True if history changed.
 
-        The reply is committed when the turn produced text (any finish reason; a cancelled turn
-        keeps its partial text). With no text, or ``finished`` None, history stays as it was.
+        The reply is committed when the turn produced text and did not fail (a cancelled turn
+        keeps its partial text; a failed one is never taken as the assistant's turn). With no
+        text, an error, or ``finished`` None, history stays as it was.
         ``message_id`` names the committed reply (for feedback); the last 64 are remembered.
         """
         with self._lock:
@@ -201,7 +202,8 @@ class SessionStore:
             if finished is None or session.epoch != turn.epoch:
                 return False
             text = finished.text
-            if not text and finished.finish_reason in (FinishReason.CANCELLED, FinishReason.ERROR):
+            if finished.finish_reason is FinishReason.ERROR or (
+                    not text and finished.finish_reason is FinishReason.CANCELLED):
                 return False
             _close_open_turn(turn.prompt, text, message_id)
             _trim(turn.prompt, self.max_history_turns)

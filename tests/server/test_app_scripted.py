@@ -215,3 +215,24 @@ def test_a_dead_engine_makes_health_and_requests_answer_503(scripted, serve):
         assert again.status_code == 503 and again.headers["retry-after"]
         assert again.json()["error"]["type"] == "engine_unavailable"
     engine.close()
+
+
+def test_a_mid_stream_model_error_is_visible_to_seed_clients_and_never_committed(scripted):
+    from chatstream_lab.server import SEED_ERROR_MARKER
+
+    cs = ChatStream(model=scripted("this reply breaks halfway", fail_after=5), template="chatml")
+    with serving(create_app(cs, close_on_shutdown=True)) as url, httpx.Client(base_url=url, timeout=10) as client:
+        body = client.post("/chat_stream", json={"user_input": "go"}).text
+        records = body.split("<::EOS::>")[:-1]
+        assert len(records) >= 2 and records[-1].startswith(SEED_ERROR_MARKER)  # partial text, then the marker
+        assert "error id" in records[-1]
+        assert "scripted failure" not in body and "RuntimeError" not in body  # no internals
+        messages = client.get("/get_prompt").json()["messages"]
+        assert not [m for m in messages if m["role"] == "assistant"]  # the failed reply is not a turn
+        events = sse_events(client.post("/chat_stream", json={"user_input": "again"},
+                                        headers={"Accept": "text/event-stream"}).text)
+        kind, data = events[-1]
+        assert kind == "error" and "error id" in data["message"] and "scripted failure" not in data["message"]
+        chunks = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
+                                                             "stream": True}).text
+        assert "error id" in chunks and "scripted failure" not in chunks

@@ -13,6 +13,7 @@ from chatstream_lab.errors import (
 from chatstream_lab.server.errors import BadRequest, classify, error_response
 from chatstream_lab.server.framing import (
     SEED_DELIMITER,
+    SEED_ERROR_MARKER,
     Framing,
     SeedEncoder,
     SSEEncoder,
@@ -33,7 +34,9 @@ def test_seed_records_are_cumulative_and_end_with_the_final_text():
     body = b"".join(o for o in out if o).decode()
     assert parse_seed_records(body)[-1] == "Hello"
     assert parse_seed_records("abc<::EOS::>ab") == ["abc"]  # an incomplete record is not shown
-    assert SeedEncoder().encode(Finished(R, FinishReason.ERROR, "", error="boom")) is None
+    failed = SeedEncoder().encode(Finished(R, FinishReason.ERROR, "", error="boom")).decode()
+    assert failed.startswith(SEED_ERROR_MARKER) and failed.endswith("<::EOS::>")  # a visible error record
+    assert "boom" not in failed and "error id" in failed  # the detail goes to the log, not the client
 
 
 def test_sse_events_are_typed_json_frames():
@@ -46,7 +49,7 @@ def test_sse_events_are_typed_json_frames():
     assert data["finish_reason"] == "length" and data["message_id"] == "mid"
     assert data["usage"]["completion_tokens"] == 2 and data["text"] == "ab"
     err = enc.encode(Finished(R, FinishReason.ERROR, "", error="boom"))
-    assert err.startswith(b"event: error\n") and b'"boom"' in err
+    assert err.startswith(b"event: error\n") and b"error id" in err and b"boom" not in err
     assert sse_event("x", {"k": "ü"}) == 'event: x\ndata: {"k":"ü"}\n\n'.encode()
 
 

@@ -173,7 +173,7 @@ def test_kill_one_of_two_under_load_then_it_rejoins(real_model, llama_a, llama_b
             if not started_before and not racing:
                 assert c.ok and c.error is None, f"a request that had not streamed was lost: {c}"
             elif not c.ok:
-                assert c.error and "upstream" in c.error
+                assert c.error and "error id" in c.error  # an error event, no internals
         assert sum(c.ok for c in clients) >= 4
         assert wait_for(lambda: service.gate.snapshot().running == 0, 10), "a slot leaked"
         health = httpx.get(url + "/health", timeout=5).json()
