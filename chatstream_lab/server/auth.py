@@ -20,7 +20,12 @@ PUBLIC_PREFIXES = ("/static/",)
 
 
 class BearerAuthMiddleware:
-    """401 JSON unless ``Authorization: Bearer <token>`` matches (CORS preflights pass through)."""
+    """401 JSON unless ``Authorization: Bearer <token>`` matches.
+
+    Only a real CORS preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``)
+    passes without a token, since browsers never send credentials on one; a websocket scope without
+    the token is closed (policy violation) before the app sees it; lifespan passes.
+    """
 
     def __init__(self, app: ASGIApp, token: str, public_paths: Iterable[str] = PUBLIC_PATHS,
                  public_prefixes: tuple[str, ...] = PUBLIC_PREFIXES) -> None:
@@ -36,8 +41,7 @@ class BearerAuthMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root):] or "/"
-        return path in self.public_paths or path.startswith(self.public_prefixes) or \
-            scope.get("method") == "OPTIONS"
+        return path in self.public_paths or path.startswith(self.public_prefixes) or _is_preflight(scope)
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope.get("headers", ()):
@@ -48,10 +52,20 @@ class BearerAuthMiddleware:
         return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._public(scope) or self._authorized(scope):
+        if scope["type"] not in ("http", "websocket") or self._public(scope) or self._authorized(scope):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
             return
         response = JSONResponse(error_body("missing or wrong bearer token (send 'Authorization: Bearer "
                                            "<token>')", "unauthorized"), status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
         await response(scope, receive, send)
+
+
+def _is_preflight(scope: Scope) -> bool:
+    if scope.get("method") != "OPTIONS":
+        return False
+    names = {name for name, _ in scope.get("headers", ())}
+    return b"origin" in names and b"access-control-request-method" in names

@@ -236,3 +236,34 @@ def test_a_mid_stream_model_error_is_visible_to_seed_clients_and_never_committed
         chunks = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x"}],
                                                              "stream": True}).text
         assert "error id" in chunks and "scripted failure" not in chunks
+
+
+def test_auth_lets_only_real_preflights_through_and_closes_unauthenticated_websockets():
+    import asyncio
+
+    from chatstream_lab.server.auth import BearerAuthMiddleware
+
+    cs = ChatStream(model=scripted_model(), template="chatml")
+    with serving(create_app(cs, token="s3cret-token", close_on_shutdown=True)) as u:
+        assert httpx.options(u + "/stats").status_code == 401  # a bare OPTIONS is not a preflight
+        assert httpx.request("OPTIONS", u + "/get_prompt").status_code == 401
+    reached: list[str] = []
+
+    async def app(scope, receive, send):
+        reached.append(scope["type"])
+
+    sent: list[dict] = []
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    guard = BearerAuthMiddleware(app, token="s3cret-token")
+    asyncio.run(guard({"type": "websocket", "path": "/ws", "headers": []}, receive, send))
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008}]
+    asyncio.run(guard({"type": "websocket", "path": "/ws",
+                       "headers": [(b"authorization", b"Bearer s3cret-token")]}, receive, send))
+    asyncio.run(guard({"type": "lifespan"}, receive, send))
+    assert reached == ["websocket", "lifespan"]
