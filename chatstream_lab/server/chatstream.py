@@ -225,7 +225,7 @@ class ChatStream:
         headers = {MESSAGE_ID_HEADER: message_id, **self._cookie_headers(request, handle)}
         return EventStreamResponse(stream, make_encoder(framing, message_id), on_done=on_done,
                                    media_type=framing.media_type, headers=headers,
-                                   on_abandon=lambda: _discard(sessions.finish_turn(the_turn, None)))
+                                   on_abandon=lambda: sessions.finish_turn(the_turn, None))
 
     # -- the other seed endpoints ------------------------------------------------------------------
     async def handle_clear_context_request(self, request: Request, request_body: Any = None,
@@ -324,6 +324,3 @@ async def _fire(callback: Callback | None, request: Request, outcome: Outcome) -
     except Exception:
         log.exception("the chat_stream callback raised (message %r)", outcome.value)
 
-
-def _discard(_value: object) -> None:
-    """Drop a return value (a hook that must return None)."""

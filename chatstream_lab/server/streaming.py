@@ -72,7 +72,7 @@ class EventStreamResponse(Response):
     def __init__(self, stream: CancellableStream, encoder: Encoder, *, on_done: OnDone | None = None,
                  media_type: str = "text/plain; charset=utf-8", headers: Mapping[str, str] | None = None,
                  status_code: int = 200, closing: bytes | None = None,
-                 on_abandon: Callable[[], None] | None = None) -> None:
+                 on_abandon: Callable[[], object] | None = None) -> None:
         self.stream = stream
         self.encoder = encoder
         self.on_done = on_done
@@ -207,7 +207,7 @@ async def _drain(stream: CancellableStream) -> Finished | None:
         return None
 
 
-def _abandon(stream: CancellableStream, hook: Callable[[], None] | None) -> None:
+def _abandon(stream: CancellableStream, hook: Callable[[], object] | None) -> None:
     stream.cancel()
     if hook is not None:
         try:
