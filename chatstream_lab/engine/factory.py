@@ -1,4 +1,4 @@
-"""Which generator serves a model: the local batching engine, or a remote one."""
+"""Which generator serves a model: the torch batching engine, OpenVINO's, or a remote one."""
 
 from __future__ import annotations
 
@@ -14,12 +14,18 @@ def build_generator(model: Any, gate: AdmissionGate[Any], observer: LifecycleObs
     """The request-level generator for ``model`` (nothing starts until its first request).
 
     ``options`` go to the engine: ``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``onednn``
-    for the local one; ``timeout_s``, ``retry_after_s`` for a remote one.
+    for the torch one; ``cache_size_gb``, ``enable_prefix_caching``, ``threads``, ``gather_s`` for
+    OpenVINO's; ``timeout_s``, ``retry_after_s`` for a remote one.
     """
-    if getattr(model, "backend", "torch") == "remote":
+    backend = str(getattr(model, "backend", "torch"))
+    if backend == "remote":
         from .remote import RemoteEngine
 
         return RemoteEngine(model, gate=gate, observer=observer, **options)
+    if backend == "openvino":
+        from .openvino import OpenVINOEngine
+
+        return OpenVINOEngine(model, gate=gate, observer=observer, **options)
     from .engine import Engine
 
     return Engine(model, gate=gate, observer=observer, **options)

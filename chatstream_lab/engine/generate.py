@@ -2,7 +2,9 @@
 
 The same :class:`BatchDecoder` the engine thread runs, driven here step by step for a single
 request, so a notebook or script gets the engine's exact semantics (sampling, stop strings,
-UTF-8-safe deltas, one final event) without a server or a thread.
+UTF-8-safe deltas, one final event) without a server or a thread. A model whose tokens come from
+elsewhere (a remote server, OpenVINO) runs on a private one-request engine instead, started when
+the iteration starts and closed when it ends.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..config import SamplingParams
-from ..types import Finished, FinishReason, Message, RequestId, StreamEvent
+from ..admission import AdmissionGate
+from ..config import Limits, SamplingParams
+from ..errors import GenerationError
+from ..types import Finished, FinishReason, Message, Queued, RequestId, StreamEvent
 from .decoder import BatchDecoder, Row
 from .stream import RequestStream
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .remote import RemoteInlineStream
+    from ..prompts.encode import EncodedPrompt
 
 
 class InlineStream:
@@ -64,7 +68,7 @@ class InlineStream:
 
 
 def stream(model: Any, messages: str | list[Message], template: Any = None, **params: Any
-           ) -> InlineStream | RemoteInlineStream:
+           ) -> InlineStream | EngineInlineStream:
     """Stream a reply to ``messages`` token by token.
 
     Args:
@@ -92,17 +96,64 @@ def stream(model: Any, messages: str | list[Message], template: Any = None, **pa
 
     sampling = SamplingParams().replace(**params)
     encoded = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
-    if getattr(model, "backend", "torch") == "remote":
-        return _remote_inline(model, encoded, sampling)
+    if str(getattr(model, "backend", "torch")) in ("remote", "openvino"):
+        return EngineInlineStream(model, encoded, sampling)
     return InlineStream(model, list(encoded.ids), sampling, encoded.stop_strings,
                         encoded.output_replacements)
 
 
-def _remote_inline(model: Any, encoded: Any, params: SamplingParams) -> RemoteInlineStream:
-    """A remote model has no weights here: its own engine runs the request (closed at the end)."""
-    from .remote import inline_remote_stream
+class EngineInlineStream:
+    """What ``stream()`` returns for a model that runs on its own engine (remote, OpenVINO).
 
-    return inline_remote_stream(model, encoded, params)
+    Backed by a private request-level engine (one request, no queue) that starts when the
+    iteration starts and is closed when it ends, so a notebook cell leaves no thread behind.
+    ``cancel()`` may be called from any thread.
+    """
+
+    def __init__(self, model: Any, encoded: EncodedPrompt, params: SamplingParams) -> None:
+        self._model = model
+        self._encoded = encoded
+        self._params = params
+        self._cancelled = threading.Event()
+        self._stream: RequestStream | None = None
+        self.finished: Finished | None = None
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        stream = self._stream
+        if stream is not None:
+            stream.cancel()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        from .factory import build_generator
+
+        engine = build_generator(self._model, AdmissionGate(Limits(1, 0)))
+        try:
+            enc = self._encoded
+            extra: dict[str, Any] = {} if enc.messages is None else {"messages": enc.messages}
+            self._stream = engine.start().submit(enc.ids, self._params, stop_strings=enc.stop_strings,
+                                                 output_replacements=enc.output_replacements, **extra)
+            if self._cancelled.is_set():
+                self._stream.cancel()
+            for event in self._stream:
+                if isinstance(event, Queued):
+                    continue
+                if isinstance(event, Finished):
+                    self.finished = event
+                yield event
+        finally:
+            if self._stream is not None and not self._stream.done:
+                self._stream.cancel()
+            engine.close()
+
+    def text(self) -> str:
+        """Run to the end and return the reply; raises GenerationError if generation failed."""
+        for _ in self:
+            pass
+        assert self.finished is not None
+        if self.finished.finish_reason is FinishReason.ERROR:
+            raise GenerationError(self.finished.error or "generation failed")
+        return self.finished.text
 
 
-__all__ = ["FinishReason", "InlineStream", "stream"]
+__all__ = ["EngineInlineStream", "FinishReason", "InlineStream", "stream"]

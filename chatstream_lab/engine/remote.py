@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Awaitable, Iterator, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -45,8 +45,8 @@ import httpx
 
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
-from ..errors import ConfigError, EngineUnavailable, GenerationError, InvalidParameter
-from ..types import Delta, Finished, FinishReason, LifecycleObserver, Queued, RequestId, StreamEvent
+from ..errors import ConfigError, EngineUnavailable, InvalidParameter
+from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId
 from .engine import EngineClosed
 from .lifecycle import RequestLifecycle, make_usage
 from .protocol import EngineHealth, EngineState, UpstreamHealth
@@ -679,63 +679,4 @@ def _int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-# -- csl.stream(remote_model) ---------------------------------------------------------------------
-class RemoteInlineStream:
-    """What ``csl.stream(remote_model(...))`` returns: ``Delta`` events then one ``Finished``.
-
-    Backed by a private :class:`RemoteEngine` (one request at a time, no queue) that starts when
-    the iteration starts and is closed when it ends, so a notebook cell leaves no thread behind.
-    ``cancel()`` may be called from any thread.
-    """
-
-    def __init__(self, model: Any, encoded: Any, params: SamplingParams, **engine_options: Any) -> None:
-        self._model = model
-        self._encoded = encoded
-        self._params = params
-        self._options = engine_options
-        self._cancelled = threading.Event()
-        self._stream: RequestStream | None = None
-        self.finished: Finished | None = None
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-        stream = self._stream
-        if stream is not None:
-            stream.cancel()
-
-    def __iter__(self) -> Iterator[StreamEvent]:
-        engine = RemoteEngine(self._model, gate=AdmissionGate(Limits(1, 0)), **self._options)
-        try:
-            enc = self._encoded
-            extra: dict[str, Any] = {} if enc.messages is None else {"messages": enc.messages}
-            self._stream = engine.start().submit(enc.ids, self._params, stop_strings=enc.stop_strings,
-                                                 output_replacements=enc.output_replacements, **extra)
-            if self._cancelled.is_set():
-                self._stream.cancel()
-            for event in self._stream:
-                if isinstance(event, Queued):
-                    continue
-                if isinstance(event, Finished):
-                    self.finished = event
-                yield event
-        finally:
-            if self._stream is not None and not self._stream.done:
-                self._stream.cancel()
-            engine.close()
-
-    def text(self) -> str:
-        """Run to the end and return the reply; raises GenerationError if the upstream failed."""
-        for _ in self:
-            pass
-        assert self.finished is not None
-        if self.finished.finish_reason is FinishReason.ERROR:
-            raise GenerationError(self.finished.error or "generation failed")
-        return self.finished.text
-
-
-def inline_remote_stream(model: Any, encoded: Any, params: SamplingParams) -> RemoteInlineStream:
-    """``csl.stream()`` for a remote model: ``encoded`` is an EncodedPrompt (ids or messages)."""
-    return RemoteInlineStream(model, encoded, params)
-
-
-__all__ = ["RemoteEngine", "RemoteInlineStream", "inline_remote_stream"]
+__all__ = ["RemoteEngine"]

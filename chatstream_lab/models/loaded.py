@@ -3,7 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
+
+
+class Backend(str, Enum):
+    """What runs a model (``LoadedModel.backend``; shown in ``/stats``, ``/v1/models``, the Lab)."""
+
+    TORCH = "torch"  # the in-process batching engine on a transformers model
+    OPENVINO = "openvino"  # OpenVINO GenAI's continuous-batching pipeline on an exported IR
+    REMOTE = "remote"  # an OpenAI-compatible server (vLLM, llama-server) does the generation
+    SCRIPTED = "scripted"  # the fast deterministic stand-in for tests
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,14 +36,17 @@ class LoadedModel:
     dtype: str = "float32"
     context_window: int = 2048
     stop_token_ids: tuple[int, ...] = field(default=())
-    backend: str = "torch"  # what runs it: "torch", "scripted", "remote" (shown in /stats, /v1/models)
+    backend: Backend = Backend.TORCH
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "backend", Backend(self.backend))  # accept the plain string too
 
     @property
     def is_scripted(self) -> bool:
         return bool(getattr(self.model, "is_scripted", False))
 
     def __repr__(self) -> str:
-        return (f"LoadedModel(name={self.name!r}, backend={self.backend!r}, device={self.device!r}, "
+        return (f"LoadedModel(name={self.name!r}, backend={str(self.backend)!r}, device={self.device!r}, "
                 f"dtype={self.dtype!r}, context_window={self.context_window})")
 
     def _repr_html_(self) -> str:

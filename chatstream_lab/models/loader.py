@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelLoadError
-from .loaded import LoadedModel
+from .loaded import Backend, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -237,39 +237,48 @@ def _resolve_source(source: str | os.PathLike[str] | None) -> tuple[str, Path | 
     return "hub", None, text
 
 
-def load_model(source: str | os.PathLike[str] | None = None, *, device: str = "cpu",
-               dtype: str = "float32", cache_dir: str | os.PathLike[str] | None = None,
-               progress: bool = True) -> LoadedModel:
+def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | None = None,
+               device: str = "cpu", dtype: str | None = None,
+               cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer for chat.
 
     Args:
         source: None for the bundled SmolLM2-135M-Instruct; a local HF directory; a ``.gguf``
             file; or a hub id that is already in the local HF cache (no download is attempted).
-        device: 'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto'.
-        dtype: 'float32' (default), 'bfloat16' or 'float16'.
-        cache_dir: where converted GGUF copies are kept (default ``~/.cache/chatstream_lab``,
-            or ``$CHATSTREAM_LAB_CACHE``).
-        progress: show a progress bar (a widget in notebooks).
+        backend: what runs it: ``"torch"`` (transformers in this process, any device),
+            ``"openvino"`` (OpenVINO GenAI on an IR exported once and cached; CPU), or None: the
+            fastest one installed for this source, device and dtype (OpenVINO on CPU when its
+            runtime is installed and the IR is cached or can be exported; else torch). The choice
+            is ``LoadedModel.backend``.
+        device: 'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto' (torch only).
+        dtype: torch: 'float32' (default), 'bfloat16' or 'float16'. OpenVINO: 'float16' (the
+            default), 'float32' (fp32 compute, agrees with torch) or 'int8'.
+        cache_dir: where converted GGUF copies and OpenVINO IRs are kept (default
+            ``~/.cache/chatstream_lab``, or ``$CHATSTREAM_LAB_CACHE``).
+        progress: show progress bars (widgets in notebooks).
 
     Raises:
-        ModelLoadError: the bundled package is missing, the path does not exist, or a hub id is
-            not cached; the message says how to fix it.
-        ConfigError: unknown dtype or unavailable device.
+        ModelLoadError: the bundled package is missing, the path does not exist, a hub id is
+            not cached, or an OpenVINO export failed; the message says how to fix it.
+        ConfigError: unknown backend, dtype or unavailable device.
 
     Example:
         >>> lm = load_model()                       # doctest: +SKIP
-        >>> lm.name
-        'SmolLM2-135M-Instruct'
+        >>> lm.name, str(lm.backend)
+        ('SmolLM2-135M-Instruct', 'openvino')
     """
-    dtype_name, torch_dtype = _check_dtype(dtype)
-    dev = _check_device(device)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     kind, path, name = _resolve_source(source)
+    chosen = _choose_backend(backend, kind, path, device, dtype, cache)
+    if chosen is Backend.OPENVINO:
+        return _load_openvino(kind, path, name, dtype, cache, progress)
+    dtype_name, torch_dtype = _check_dtype(dtype or "float32")
+    dev = _check_device(device)
     with _progress(3, f"Loading {name}", progress) as bar, _quiet_transformers(progress):
         try:
             if kind == "gguf":
                 assert path is not None
-                model, tokenizer = _load_gguf(path, torch_dtype, Path(cache_dir) if cache_dir else None,
-                                              bar)
+                model, tokenizer = _load_gguf(path, torch_dtype, cache, bar)
             else:
                 where = str(path) if path is not None else name
                 model, tokenizer = _from_pretrained(where, gguf_file=None, torch_dtype=torch_dtype,
@@ -290,7 +299,86 @@ def load_model(source: str | os.PathLike[str] | None = None, *, device: str = "c
     return LoadedModel(
         name=name, model=model, tokenizer=tokenizer, source=str(path or name), device=dev,
         dtype=dtype_name, context_window=int(getattr(model.config, "max_position_embeddings", 2048)),
-        stop_token_ids=_stop_token_ids(model, tokenizer),
+        stop_token_ids=_stop_token_ids(model, tokenizer), backend=Backend.TORCH,
+    )
+
+
+def _choose_backend(backend: str | None, kind: str, path: Path | None, device: str, dtype: str | None,
+                    cache: Path) -> Backend:
+    """The backend ``load_model`` uses (see its docstring); ConfigError for a bad explicit one."""
+    from . import openvino as ov
+
+    if backend is not None:
+        try:
+            chosen = Backend(str(backend))
+        except ValueError:
+            chosen = None
+        if chosen not in (Backend.TORCH, Backend.OPENVINO):
+            raise ConfigError(f"unknown backend {backend!r}; use 'torch', 'openvino' or None (the fastest "
+                              "installed)", name="backend")
+        if chosen is Backend.OPENVINO:
+            if device not in ("cpu", "auto"):
+                raise ConfigError(f"the OpenVINO backend runs on the CPU, not {device!r}; use "
+                                  "backend='torch' for it", name="device")
+            if kind == "hub":
+                raise ConfigError("the OpenVINO backend needs a local model directory or .gguf file "
+                                  "to export, not a hub id", name="backend")
+            ov.parse_weights(dtype)
+            if not ov.runtime_available():
+                raise ConfigError("the OpenVINO backend needs its runtime: pip install "
+                                  '"chatstream-lab[openvino]" (openvino, openvino-genai)', name="backend")
+        return chosen
+    if device != "cpu" or kind == "hub" or not ov.runtime_available():
+        return Backend.TORCH
+    if dtype is not None and dtype not in {w.value for w in ov.Weights}:
+        return Backend.TORCH  # e.g. bfloat16: a dtype only torch offers
+    assert path is not None
+    ir = ov.ir_dir_for(_ov_source_key(kind, path, cache), ov.parse_weights(dtype), cache)
+    if (ir / "openvino_model.xml").is_file() or ov.exporter_python(cache) is not None:
+        return Backend.OPENVINO
+    log.info("OpenVINO is installed but its exporter is not (python -m chatstream_lab.models.openvino "
+             "--install): loading %s on torch", path)
+    return Backend.TORCH
+
+
+def _ov_source_key(kind: str, path: Path, cache: Path) -> str:
+    from .openvino import source_key
+
+    return _gguf_cache_key(path) if kind == "gguf" else source_key(path)
+
+
+def _load_openvino(kind: str, path: Path | None, name: str, dtype: str | None, cache: Path,
+                   progress: bool) -> LoadedModel:
+    """The OpenVINO IR of ``path`` (exported once, cached) plus the HF tokenizer our templates use."""
+    from . import openvino as ov
+
+    assert path is not None
+    weights = ov.parse_weights(dtype)
+    hf_dir = path
+    if kind == "gguf":
+        hf_dir = converted_dir(path, cache)
+        if not _is_current_copy(hf_dir):  # the exporter reads the converted HF copy
+            import torch
+
+            with _progress(2, f"Loading {name}", progress) as bar, _quiet_transformers(progress):
+                _load_gguf(path, torch.float32, cache, bar)
+    ir = ov.export_ir(hf_dir, weights, ov.ir_dir_for(_ov_source_key(kind, path, cache), weights, cache),
+                      cache_dir=cache, progress=progress, label=name)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the tokenizer of {hf_dir}: {exc}") from exc
+    config = ov.read_json(hf_dir / "config.json")
+    generation = ov.read_json(hf_dir / "generation_config.json")
+    return LoadedModel(
+        name=name, model=ov.OpenVINOModel(ir, weights), tokenizer=tokenizer, source=str(path),
+        device="cpu", dtype=weights.value,
+        context_window=int(config.get("max_position_embeddings") or 2048),
+        stop_token_ids=_eos_ids(generation.get("eos_token_id"), config.get("eos_token_id"),
+                                getattr(tokenizer, "eos_token_id", None)),
+        backend=Backend.OPENVINO,
     )
 
 
@@ -311,9 +399,14 @@ def from_hf(model: Any, tokenizer: Any, *, name: str | None = None, source: str 
 
 
 def _stop_token_ids(model: Any, tokenizer: Any) -> tuple[int, ...]:
-    ids: list[int] = []
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (eos, getattr(tokenizer, "eos_token_id", None)):
+    return _eos_ids(eos, getattr(tokenizer, "eos_token_id", None))
+
+
+def _eos_ids(*values: Any) -> tuple[int, ...]:
+    """Every int (or list of ints) in ``values``, in order, without repeats."""
+    ids: list[int] = []
+    for value in values:
         if isinstance(value, int):
             ids.append(value)
         elif isinstance(value, (list, tuple)):

@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, ModelLoadError
-from .loaded import LoadedModel
+from .loaded import Backend, LoadedModel
 
 DEFAULT_CONTEXT_WINDOW = 2048
 
@@ -145,7 +145,7 @@ def remote_model(url: str | Sequence[str], model: str | None = None, tokenizer: 
     label = name or model or f"remote:{urlsplit(urls[0]).netloc}"
     return LoadedModel(name=label, model=spec, tokenizer=tok, source=" ".join(urls), device="remote",
                        dtype="remote", context_window=context_window or DEFAULT_CONTEXT_WINDOW,
-                       stop_token_ids=stop_ids, backend="remote")
+                       stop_token_ids=stop_ids, backend=Backend.REMOTE)
 
 
 __all__ = ["DEFAULT_CONTEXT_WINDOW", "RemoteSpec", "normalize_url", "remote_model"]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .byte_tokenizer import ByteTokenizer
-from .loaded import LoadedModel
+from .loaded import Backend, LoadedModel
 
 ReplyFn = Callable[[str], str]
 
@@ -60,5 +60,5 @@ def scripted_model(reply: str | ReplyFn = echo_reply, *, token_delay: float = 0.
     return LoadedModel(
         name="scripted", model=ScriptedLM(reply, token_delay, fail_after), tokenizer=tok,
         source="scripted", device="cpu", dtype="float32", context_window=context_window,
-        stop_token_ids=(tok.eos_token_id,), backend="scripted",
+        stop_token_ids=(tok.eos_token_id,), backend=Backend.SCRIPTED,
     )
