@@ -26,6 +26,16 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """``--backend`` and ``--dtype``, shared by ``serve`` and ``chat`` (see ``load_model``)."""
+    p.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                   help="what runs the model: openvino (fast, CPU), torch (any device), or auto: the "
+                        "fastest installed (default)")
+    p.add_argument("--dtype", default=None,
+                   help="torch: float32 (default), bfloat16, float16; openvino: float16 (default), "
+                        "float32, int8")
+
+
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = subparsers.add_parser("serve", help="serve a model as a streaming chat endpoint + web page",
                               description="Serve a model over HTTP: /chat_stream (seed protocol and SSE), "
@@ -44,7 +54,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
+    add_backend_arguments(p)
     p.add_argument("--upstream", action="append", default=None, metavar="URL",
                    help="serve an OpenAI-compatible server (vLLM, llama-server) instead of a local model; "
                         "repeat for several (least-loaded dispatch, failover)")
@@ -63,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(subparsers)
     from .console import add_chat_parser
 
-    add_chat_parser(subparsers)
+    add_backend_arguments(add_chat_parser(subparsers))
     return parser
 
 
@@ -74,7 +84,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         print("Loading model…", file=sys.stderr, flush=True)
-        model = _remote(args) if args.upstream else load_model(args.model, device=args.device, dtype=args.dtype)
+        model = _remote(args) if args.upstream else load_model(
+            args.model, backend=args.backend, device=args.device, dtype=args.dtype)
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
                                  max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)

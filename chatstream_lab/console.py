@@ -103,7 +103,7 @@ def _input_lines(ask: list[str]) -> Iterable[str]:
             return
 
 
-def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_chat_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
     p = subparsers.add_parser("chat", help="chat with a model in the terminal",
                               description=f"Multi-turn console chat. {HELP}")
     p.add_argument("--model", default=None, help="HF directory, .gguf file or cached hub id "
@@ -115,6 +115,7 @@ def add_chat_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     p.add_argument("--ask", action="append", default=[],
                    help="a first message to send (repeatable); with no terminal, exit after them")
     p.set_defaults(func=_cmd_chat)
+    return p
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -122,7 +123,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from .models import load_model
 
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, backend=args.backend, dtype=args.dtype)
         print(f"{model.name} ready. {HELP}", flush=True)
         run_chat(model, _input_lines(args.ask), sys.stdout, template=args.template, system=args.system,
                  temperature=args.temperature, max_new_tokens=args.max_new_tokens)

@@ -15,10 +15,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def real_model():
-    """The bundled SmolLM2-135M-Instruct, fp32 on CPU."""
+    """The bundled SmolLM2-135M-Instruct on the torch backend, fp32 on CPU (the reference)."""
     from chatstream_lab.models import load_model
 
-    return load_model(progress=False)
+    return load_model(backend="torch", progress=False)
+
+
+@pytest.fixture(scope="session")
+def openvino_model():
+    """The bundled model on the OpenVINO backend, fp16 weights (the default for it; exported once
+    by ``make test``, ~1 min, then read from the cache in ~1 s)."""
+    from chatstream_lab.models import load_model
+
+    return load_model(backend="openvino", progress=False)
+
+
+@pytest.fixture(scope="session")
+def openvino_fp32_model():
+    """The bundled model on the OpenVINO backend with fp32 weights and fp32 compute."""
+    from chatstream_lab.models import load_model
+
+    return load_model(backend="openvino", dtype="float32", progress=False)
+
+
+REAL_BACKENDS = ("torch", "openvino")
+
+
+@pytest.fixture(params=REAL_BACKENDS)
+def real_backend_model(request):
+    """The bundled model on each real backend: a test using it runs once per backend."""
+    return request.getfixturevalue("real_model" if request.param == "torch" else "openvino_model")
 
 
 @pytest.fixture

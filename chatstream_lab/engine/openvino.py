@@ -80,7 +80,7 @@ def generation_config(ov_genai: Any, params: SamplingParams, *, max_new_tokens: 
     Raises:
         InvalidParameter: a parameter OpenVINO cannot honour (named in ``.name``).
     """
-    defaults = SamplingParams()
+    defaults = type(params)()
     for f in dataclasses.fields(params):
         if f.name not in MAPPED_FIELDS and getattr(params, f.name) != getattr(defaults, f.name):
             raise InvalidParameter(f"the OpenVINO backend does not support {f.name!r}; use "

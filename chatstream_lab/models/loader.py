@@ -246,7 +246,7 @@ def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | N
         source: None for the bundled SmolLM2-135M-Instruct; a local HF directory; a ``.gguf``
             file; or a hub id that is already in the local HF cache (no download is attempted).
         backend: what runs it: ``"torch"`` (transformers in this process, any device),
-            ``"openvino"`` (OpenVINO GenAI on an IR exported once and cached; CPU), or None: the
+            ``"openvino"`` (OpenVINO GenAI on an IR exported once and cached; CPU), or None / "auto": the
             fastest one installed for this source, device and dtype (OpenVINO on CPU when its
             runtime is installed and the IR is cached or can be exported; else torch). The choice
             is ``LoadedModel.backend``.
@@ -308,7 +308,7 @@ def _choose_backend(backend: str | None, kind: str, path: Path | None, device: s
     """The backend ``load_model`` uses (see its docstring); ConfigError for a bad explicit one."""
     from . import openvino as ov
 
-    if backend is not None:
+    if backend is not None and backend != "auto":
         try:
             chosen = Backend(str(backend))
         except ValueError:
