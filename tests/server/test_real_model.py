@@ -16,9 +16,11 @@ pytestmark = [pytest.mark.real_model, pytest.mark.timeout(180)]
 QUESTION = "What is the capital of France?"
 
 
-@pytest.fixture(scope="module")
-def url(real_model):
-    cs = ChatStream(model=real_model, temperature=0.0, max_new_tokens=24,
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def url(request):
+    """A real server on each backend: every test below runs against both."""
+    model = request.getfixturevalue("real_model" if request.param == "torch" else "openvino_model")
+    cs = ChatStream(model=model, temperature=0.0, max_new_tokens=24,
                     num_of_concurrent_executions=2, max_queue_size=4)
     with serving(create_app(cs, close_on_shutdown=True)) as u:
         yield u
@@ -78,3 +80,13 @@ def test_seed_style_hf_model_and_tokenizer(real_model):
         expected = expected["input_ids"]
     assert ids == list(expected)
     cs.sessions.finish_turn(turn, None)
+
+
+def test_the_backend_is_reported_where_users_look(url, request):
+    backend = request.node.callspec.params["url"]
+    with httpx.Client(base_url=url, timeout=30) as client:
+        models = client.get("/v1/models").json()["data"]
+        assert models[0]["backend"] == backend
+        assert client.get("/health").json()["engine"]["backend"] == backend
+        stats = client.get("/stats").json()
+        assert backend in str(stats)
