@@ -271,7 +271,12 @@ def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | N
     kind, path, name = _resolve_source(source)
     chosen = _choose_backend(backend, kind, path, device, dtype, cache)
     if chosen is Backend.OPENVINO:
-        return _load_openvino(kind, path, name, dtype, cache, progress)
+        try:
+            return _load_openvino(kind, path, name, dtype, cache, progress)
+        except ModelLoadError as exc:
+            if backend not in (None, "auto"):
+                raise
+            log.warning("OpenVINO could not load %s, using torch instead: %s", name, exc)
     dtype_name, torch_dtype = _check_dtype(dtype or "float32")
     dev = _check_device(device)
     with _progress(3, f"Loading {name}", progress) as bar, _quiet_transformers(progress):

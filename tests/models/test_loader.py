@@ -67,7 +67,7 @@ def test_bundled_model_loads_and_converted_copy_is_equivalent(real_model, tmp_pa
     path = loader_mod.bundled_model_path()
     converted = loader_mod.default_cache_dir() / "converted" / loader_mod._gguf_cache_key(path)
     assert (converted / "model.safetensors").is_file()
-    again = load_model(converted, progress=False)  # a plain HF directory source
+    again = load_model(converted, backend="torch", progress=False)  # a plain HF directory source
     assert again.tokenizer.chat_template == real_model.tokenizer.chat_template
     import torch
 
