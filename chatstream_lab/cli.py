@@ -51,6 +51,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--max-queue-size", type=_non_negative_int, default=5,
                    help="requests that may wait; more get HTTP 429 (default 5)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="reply length cap (default 256)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="default sampling temperature (0 = greedy; default: the model's own, 0 for the "
+                        "bundled model, else 0.3)")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
@@ -86,9 +89,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print("Loading model…", file=sys.stderr, flush=True)
         model = _remote(args) if args.upstream else load_model(
             args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+        params = model.default_params.replace(max_new_tokens=args.max_new_tokens)
+        if args.temperature is not None:
+            params = params.replace(temperature=args.temperature)
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
-                                 max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)
+                                 max_queue_size=args.max_queue_size, params=params)
         app = create_app(chat_stream, token=args.token, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:

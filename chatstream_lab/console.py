@@ -110,7 +110,8 @@ def add_chat_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                    "(default: bundled SmolLM2-135M-Instruct)")
     p.add_argument("--template", default=None, help="preset name (default: the tokenizer's own)")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--temperature", type=float, default=0.3)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default: the model's own: 0 for the bundled model, else 0.3)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--ask", action="append", default=[],
                    help="a first message to send (repeatable); with no terminal, exit after them")
@@ -126,7 +127,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         model = load_model(args.model, backend=args.backend, dtype=args.dtype)
         print(f"{model.name} ready. {HELP}", flush=True)
         run_chat(model, _input_lines(args.ask), sys.stdout, template=args.template, system=args.system,
-                 temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+                 temperature=model.default_params.temperature if args.temperature is None else args.temperature,
+                 max_new_tokens=args.max_new_tokens)
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import UNSET, Limits, SamplingParams, ServeConfig
+from .config import UNSET, Limits, ServeConfig
 from .errors import ConfigError
 from .prompts.variants import derive_config, resolve_with_system
 from .service import Service
@@ -77,7 +77,7 @@ class Lab:
         self.model: LoadedModel = _load(model)
         self.config = ServeConfig(self.model.name, resolve_with_system(
             template, self.model.tokenizer, UNSET if system_prompt is None else system_prompt),
-            SamplingParams().replace(**params))
+            self.model.default_params.replace(**params))
         self.service = Service.build(self.model, config=self.config, limits=limits)
         self._endpoint: Endpoint | None = None
         self._lock = threading.RLock()

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from ..config import SamplingParams
+
 
 class Backend(str, Enum):
     """What runs a model (``LoadedModel.backend``; shown in ``/stats``, ``/v1/models``, the Lab)."""
@@ -37,9 +39,17 @@ class LoadedModel:
     context_window: int = 2048
     stop_token_ids: tuple[int, ...] = field(default=())
     backend: Backend = Backend.TORCH
+    # SamplingParams fields this model is best served with when the user sets none (the Lab, the
+    # CLI and the console chat start from them; the seed ChatStream keeps its documented defaults)
+    sampling_defaults: tuple[tuple[str, Any], ...] = field(default=())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))  # accept the plain string too
+
+    @property
+    def default_params(self) -> SamplingParams:
+        """SamplingParams with this model's own defaults applied."""
+        return SamplingParams().replace(**dict(self.sampling_defaults))
 
     @property
     def is_scripted(self) -> bool:
@@ -56,6 +66,7 @@ class LoadedModel:
             f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
             for k, v in [("name", self.name), ("backend", self.backend), ("source", self.source),
                          ("device", self.device),
-                         ("dtype", self.dtype), ("context window", self.context_window)]
+                         ("dtype", self.dtype), ("context window", self.context_window),
+                         ("defaults", ", ".join(f"{k}={v}" for k, v in self.sampling_defaults) or "-")]
         )
         return f"<table><caption>LoadedModel</caption>{rows}</table>"

@@ -95,6 +95,9 @@ def test_backend_choice(openvino_model) -> None:
     auto = load_model(progress=False)  # the IR is cached and the runtime installed: the fast one
     assert auto.backend is Backend.OPENVINO and auto.dtype == "float16"
     assert "openvino" in auto._repr_html_() and "backend='openvino'" in repr(auto)
+    assert auto.default_params.temperature == 0  # the bundled model is greedy unless told otherwise
+    assert csl.Lab(auto).config.params.temperature == 0
+    assert csl.Lab(auto, temperature=0.5).config.params.temperature == 0.5
     assert load_model(dtype="bfloat16", progress=False).backend is Backend.TORCH  # only torch has it
     with pytest.raises(ConfigError) as info:
         load_model(backend="openvino", dtype="bfloat16", progress=False)
