@@ -34,6 +34,18 @@ def _check_number(name: str, value: Any, *, lo: float, hi: float, integer: bool 
         raise InvalidParameter(f"{name} must be in {left}{lo}, {hi}], got {value!r}", name=name)
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate (JSON's ``"\\ud800"``), which no
+    encoder, tokenizer or JSON response can carry."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
@@ -76,6 +88,8 @@ class SamplingParams:
         if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) and s for s in stop):
             raise InvalidParameter(f"stop must be a list of non-empty strings, got {self.stop!r}",
                                    name="stop")
+        if not all(is_valid_unicode(s) for s in stop):  # a lone surrogate cannot be encoded or sent
+            raise InvalidParameter("stop strings must be valid Unicode (no lone surrogates)", name="stop")
         object.__setattr__(self, "stop", tuple(stop))
 
     @property
@@ -127,6 +141,40 @@ class Limits:
     def __post_init__(self) -> None:
         _check_limit("num_of_concurrent_executions", self.num_of_concurrent_executions, 1)
         _check_limit("max_queue_size", self.max_queue_size, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on what one HTTP request may carry, checked before anything is stored or submitted.
+
+    Args:
+        max_body_bytes: request body size; larger bodies get 413 before they are buffered (the
+            body is counted as it streams in, with or without ``Content-Length``).
+        max_input_chars: longest user message (``/chat_stream``) or all ``messages`` together
+            (``/v1/chat/completions``); longer gets 413.
+        max_json_depth: nesting depth of a JSON body (``{"a": [1]}`` is 2); deeper gets 400.
+        max_messages: entries in a ``/v1/chat/completions`` ``messages`` list; more gets 400.
+        max_stop_strings / max_stop_chars: how many ``stop`` strings, and how long each, on every
+            route that takes them; more or longer gets 400 naming ``stop``.
+        max_feedback_bytes: size of ``/set_feedback``'s ``form_data`` as JSON; larger gets 413.
+
+    The defaults fit a chat demo; see ARCHITECTURE.md, "Limits", for every bound.
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_input_chars: int = 8000
+    max_json_depth: int = 32
+    max_messages: int = 256
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256
+    max_feedback_bytes: int = 16 << 10
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_limit(f.name, getattr(self, f.name), 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
 
 
 def template_fingerprint(template: Any) -> Any:

@@ -15,14 +15,16 @@ import uuid
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response
 
-from ..config import SamplingParams
+from ..config import RequestLimits, SamplingParams
 from ..errors import ChatStreamLabError, InvalidParameter
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent
 from .errors import BadRequest, error_body, error_response, public_generation_error
 from .framing import sse_comment
+from .requests import InvalidJSON, check_stop, parse_json_object
 from .streaming import EventStreamResponse, collect_final
 
 if TYPE_CHECKING:
@@ -72,7 +74,10 @@ def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
     return "".join(parts)
 
 
-def to_messages(req: ChatCompletionRequest, max_chars: int) -> list[dict[str, str]]:
+def to_messages(req: ChatCompletionRequest, max_chars: int, max_messages: int = 256) -> list[dict[str, str]]:
+    if len(req.messages) > max_messages:
+        raise BadRequest(f"messages holds {len(req.messages)} entries; the limit is {max_messages} "
+                         "(max_messages)", param="messages")
     messages = []
     for i, m in enumerate(req.messages):
         role = "system" if m.role == "developer" else m.role
@@ -84,7 +89,8 @@ def to_messages(req: ChatCompletionRequest, max_chars: int) -> list[dict[str, st
     return messages
 
 
-def to_params(req: ChatCompletionRequest, defaults: SamplingParams) -> SamplingParams:
+def to_params(req: ChatCompletionRequest, defaults: SamplingParams,
+              limits: RequestLimits | None = None) -> SamplingParams:
     if req.n != 1:
         raise InvalidParameter("only n=1 is supported", name="n")
     changes: dict[str, Any] = {}
@@ -95,7 +101,8 @@ def to_params(req: ChatCompletionRequest, defaults: SamplingParams) -> SamplingP
         if value is not None:
             changes[name] = value
     if req.stop is not None:
-        changes["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+        stop = check_stop(req.stop, limits or RequestLimits())
+        changes["stop"] = (stop,) if isinstance(stop, str) else tuple(stop)
     try:
         return defaults.replace(**changes)
     except InvalidParameter as exc:
@@ -150,6 +157,19 @@ def _usage(fin: Finished) -> dict[str, int]:
             "total_tokens": u.prompt_tokens + u.completion_tokens}
 
 
+def read_request(raw: bytes, limits: RequestLimits) -> ChatCompletionRequest:
+    """The body through the shared JSON checks (depth, Unicode), then the model's validation
+    (422 naming the field, as FastAPI's own body parsing would answer)."""
+    try:
+        data = parse_json_object(raw, limits)
+    except InvalidJSON as exc:  # FastAPI's own body parsing answers 422 here
+        raise BadRequest(str(exc), status=422) from exc
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+
+
 def make_router(service: Service) -> APIRouter:
     router = APIRouter()
 
@@ -162,11 +182,12 @@ def make_router(service: Service) -> APIRouter:
                                             "config_id": service.config_id}]}
 
     @router.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(req: ChatCompletionRequest, request: Request
-                               ) -> Response | EventStreamResponse:
+    async def chat_completions(request: Request) -> Response | EventStreamResponse:
+        limits = service.request_limits
         try:
-            params = to_params(req, service.default_params)
-            messages = to_messages(req, service.max_input_chars)
+            req = read_request(await request.body(), limits)
+            params = to_params(req, service.default_params, limits)
+            messages = to_messages(req, limits.max_input_chars, limits.max_messages)
             stream = service.submit_encoded(service.encode(messages), params)
         except ChatStreamLabError as exc:
             return error_response(exc)
