@@ -78,9 +78,9 @@ class RequestGuardMiddleware:
 
     def _write_refusal(self, headers: dict[str, str]) -> JSONResponse | None:
         origin = headers.get("origin")
-        if origin is not None and not self._origin_ok(origin, headers.get("host", "")):
-            return _refuse(403, f"cross-origin request from {origin!r} refused", "cross_origin")
         site = headers.get("sec-fetch-site", "")
+        if origin is not None and not self._origin_ok(origin, headers.get("host", ""), site):
+            return _refuse(403, f"cross-origin request from {origin!r} refused", "cross_origin")
         if site in ("cross-site", "same-site") and not (origin and self._listed(origin)):
             return _refuse(403, f"cross-site request refused (Sec-Fetch-Site: {site})", "cross_origin")
         if "cookie" in headers and _has_body(headers) and not _is_json(headers.get("content-type", "")):
@@ -91,10 +91,12 @@ class RequestGuardMiddleware:
     def _listed(self, origin: str) -> bool:
         return "*" in self.allowed_origins or origin.rstrip("/").lower() in self.allowed_origins
 
-    def _origin_ok(self, origin: str, host: str) -> bool:
+    def _origin_ok(self, origin: str, host: str, site: str) -> bool:
         if self._listed(origin):
             return True
-        return origin != "null" and bool(host) and urlsplit(origin).netloc.lower() == host.lower()
+        if origin == "null":  # opaque (sandboxed frame, file://, a no-referrer page): only if the
+            return site == "same-origin"  # browser itself vouches that it is this origin
+        return bool(host) and urlsplit(origin).netloc.lower() == host.lower()
 
 
 def host_name(host: str) -> str:

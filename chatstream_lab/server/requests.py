@@ -75,11 +75,16 @@ def check_json_tree(data: dict[str, Any], max_depth: int) -> None:
                              "(max_json_depth)", param=field_name)
         if isinstance(value, dict):
             for key, item in value.items():
-                name = field_name if field_name is not None else str(key)
+                name = field_name if field_name is not None else _printable(str(key))
                 todo.append((key, depth, name))
                 todo.append((item, depth + 1, name))
         else:
             todo.extend((item, depth + 1, field_name) for item in value)
+
+
+def _printable(name: str) -> str:
+    """A field name safe to echo in a JSON error (a lone surrogate in a key becomes ``\\udfff``)."""
+    return name if is_valid_unicode(name) else name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def check_stop(value: Any, limits: RequestLimits) -> Any:
