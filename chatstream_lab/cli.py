@@ -43,6 +43,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="reply length cap (default 256)")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="accept this Host name (e.g. a reverse proxy's public name; '*.example.org', '*'); "
+                        "repeatable. Default: on loopback only loopback names, on other interfaces any")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16 (default float32)")
     p.add_argument("--upstream", action="append", default=None, metavar="URL",
@@ -78,7 +81,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
                                  max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)
-        app = create_app(chat_stream, token=args.token, close_on_shutdown=True)
+        app = create_app(chat_stream, token=args.token, allowed_hosts=args.allowed_host, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import UNSET, Limits, SamplingParams, ServeConfig
+from .config import UNSET, Limits, RequestLimits, SamplingParams, ServeConfig
 from .errors import ConfigError
 from .prompts.variants import derive_config, resolve_with_system
 from .service import Service
@@ -170,12 +170,15 @@ class Lab:
     # -- serving --------------------------------------------------------------------------------------
     def serve(self, port: int | None = None, host: str = "127.0.0.1", *,
               num_of_concurrent_executions: int | None = None, max_queue_size: int | None = None,
-              token: str | None = None, timeout: float = 10.0, **app_options: Any) -> Endpoint:
+              token: str | None = None, timeout: float = 10.0, request_limits: RequestLimits | None = None,
+              **app_options: Any) -> Endpoint:
         """Serve the current configuration over HTTP from this kernel; returns an Endpoint.
 
         Runs uvicorn on its own thread and loop. Previews and HTTP clients share the engine and its
         gate. Calling it again stops this Lab's previous server first (re-running a cell is safe).
         ``port=None`` picks a free port; a busy port raises ServerStartError at once.
+        ``request_limits`` bounds each HTTP request (body size, stop lists...; ARCHITECTURE.md,
+        "Limits"); ``app_options`` go to ``create_app`` (``cors_origins``, ``allowed_hosts``...).
         """
         from .notebook.endpoint import Endpoint
 
@@ -186,7 +189,8 @@ class Lab:
                             else num_of_concurrent_executions,
                             self.max_queue_size if max_queue_size is None else max_queue_size)
             self.service.set_limits(limits)
-            self._endpoint = Endpoint.start(self.service.with_config(self.config, tracked=True), host=host,
+            view = self.service.with_config(self.config, tracked=True, request_limits=request_limits)
+            self._endpoint = Endpoint.start(view, host=host,
                                             port=port or 0, token=token, timeout=timeout, **app_options)
             return self._endpoint
 

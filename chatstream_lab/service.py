@@ -130,13 +130,15 @@ class Service:
         machinery = _Machinery(model, limits or Limits(), engine_options, generator)
         return cls(machinery, config, max_input_chars=max_input_chars, request_limits=request_limits)
 
-    def with_config(self, config: ServeConfig, *, tracked: bool = False) -> Service:
+    def with_config(self, config: ServeConfig, *, tracked: bool = False,
+                    request_limits: RequestLimits | None = None) -> Service:
         """A view serving ``config`` through the same generator, gate and recorder.
 
         ``tracked``: the view remembers the streams submitted through it, so :meth:`detach` can end
-        them (an endpoint stopping while the notebook's previews go on).
+        them (an endpoint stopping while the notebook's previews go on). ``request_limits``: the
+        view's HTTP request bounds (default: this service's).
         """
-        return Service(self._m, config, request_limits=self.request_limits, tracked=tracked)
+        return Service(self._m, config, request_limits=request_limits or self.request_limits, tracked=tracked)
 
     def set_limits(self, limits: Limits) -> None:
         """Serve with other admission ``limits`` from now on: the generator is replaced by a fresh

@@ -335,6 +335,37 @@ def test_allowed_hosts_admit_a_proxy_name():
         assert httpx.get(url + "/health", headers={"host": "evil.example"}).status_code == 400
 
 
+def _lan_address() -> str | None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.254.254.254", 1))  # no packet is sent: this only picks an interface
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_a_server_bound_wider_answers_its_lan_name_and_still_guards_loopback():
+    """``chatstream-lab serve --host 0.0.0.0`` (and ``Lab.serve(host="0.0.0.0")``): clients on the
+    network use any name; a request arriving on loopback still needs a loopback name."""
+    from chatstream_lab.server import BackgroundServer
+
+    server = BackgroundServer(create_app(_chat_stream(), close_on_shutdown=True), host="0.0.0.0", port=0)
+    server.start(timeout=15)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        assert httpx.get(server.url + "/health").status_code == 200
+        assert httpx.get(server.url + "/health", headers={"host": "rebound.example"}).status_code == 400
+        lan = _lan_address()
+        if lan is not None:
+            r = httpx.get(f"http://{lan}:{server.port}/health", headers={"host": "mybox.local"})
+            assert r.status_code == 200
+    finally:
+        server.stop()
+
+
 async def test_a_request_on_a_wider_interface_is_not_host_checked_unless_configured():
     """A server bound to 0.0.0.0 answers under any name on its other interfaces (the LAN address,
     a hostname); only loopback arrivals are checked, since that is where DNS rebinding lands."""
