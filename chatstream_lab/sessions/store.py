@@ -239,9 +239,13 @@ class SessionStore:
         """Trim ``session`` to ``max_session_chars`` (oldest turns, then oldest remembered replies)
         and record its size."""
         chars = _trim_to_chars(session.prompt, self.max_session_chars)
-        replies = sum(len(t) for t in session.message_ids.values())
-        while session.message_ids and chars + replies > self.max_session_chars and len(session.message_ids) > 1:
-            replies -= len(session.message_ids.popitem(last=False)[1])
+        shown = {getattr(c, "message_id", None) for c in getattr(session.prompt, "chat_contents", None) or ()}
+        extra = [mid for mid in session.message_ids if mid not in shown]  # replies no longer in the history
+        replies = sum(len(session.message_ids[mid]) for mid in extra)
+        for mid in extra:  # oldest first
+            if chars + replies <= self.max_session_chars:
+                break
+            replies -= len(session.message_ids.pop(mid))
         session.chars = chars + replies
 
     # -- conversation and params ------------------------------------------------------------
