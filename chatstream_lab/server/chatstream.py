@@ -18,7 +18,7 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
@@ -177,7 +177,8 @@ class ChatStream:
         """
         self.service.close()
 
-    def append_middlewares(self, app: Any, *, allowed_hosts: Any = None, allowed_origins: Any = ()) -> None:
+    def append_middlewares(self, app: Any, *, allowed_hosts: Sequence[str] | None = None,
+                           allowed_origins: Sequence[str] = ()) -> None:
         """Add the session middleware (seed name) so every route sees ``request.state.session``,
         inside the request-body limit and the Host / cross-site guard (``server/guard.py``)."""
         app.add_middleware(SessionMiddleware, store=self.sessions, cookies=self.cookies)
