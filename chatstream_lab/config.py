@@ -18,6 +18,7 @@ from typing import Any
 from .errors import InvalidParameter
 
 UNSET: Any = object()  # "not given" for optional keyword arguments (None is a real value)
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 
 def _check_number(name: str, value: Any, *, lo: float, hi: float, integer: bool = False,
@@ -59,6 +60,12 @@ class SamplingParams:
         repetition_penalty: HF/CTRL penalty (>1 makes tokens already seen less likely).
         seed: makes sampling reproducible per request, whatever else runs in the batch.
         stop: extra stop strings; never part of the returned text.
+        logprobs: None (off, no extra work per step) or K in 0..20: every ``Delta`` carries, for
+            each new token, its log-probability and the K most likely alternatives
+            (:class:`~chatstream_lab.types.TokenLogprob`). Log-probabilities are of the raw model
+            distribution (before repetition penalty, temperature and top-k/top-p/min-p; OpenAI's
+            and vLLM's convention). It changes what is reported, not what is generated, so it
+            is not part of ``config_id``.
 
     The defaults (temperature 0.3, top_p 0.9) keep small chat models on topic; pass
     ``temperature=0`` for greedy, reproducible replies.
@@ -72,6 +79,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         _check_number("max_new_tokens", self.max_new_tokens, lo=1, hi=1_000_000, integer=True)
@@ -91,6 +99,8 @@ class SamplingParams:
         if not all(is_valid_unicode(s) for s in stop):  # a lone surrogate cannot be encoded or sent
             raise InvalidParameter("stop strings must be valid Unicode (no lone surrogates)", name="stop")
         object.__setattr__(self, "stop", tuple(stop))
+        if self.logprobs is not None:
+            _check_number("logprobs", self.logprobs, lo=0, hi=MAX_LOGPROBS, integer=True)
 
     @property
     def greedy(self) -> bool:
@@ -210,8 +220,9 @@ class ServeConfig:
     config_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        generation = {k: v for k, v in self.params.as_dict().items() if k != "logprobs"}
         object.__setattr__(self, "config_id", config_id(self.model_name, template_fingerprint(self.template),
-                                                        self.params.as_dict()))
+                                                        generation))
 
     @property
     def template_name(self) -> str:

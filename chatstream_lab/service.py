@@ -25,9 +25,10 @@ from .engine.factory import build_generator
 from .engine.protocol import EngineHealth, Generator
 from .engine.stream import RequestStream
 from .errors import ConfigError
-from .prompts import EncodedPrompt, encode_messages, with_system_prompt
+from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
 from .stats import PrometheusExporter, StatsRecorder, StatsSnapshot
+from .types import ReplyScore
 
 
 class _Machinery:
@@ -229,6 +230,19 @@ class Service:
             if self._streams is not None:
                 self._streams.add(stream)
         return stream
+
+    def score(self, messages: str | Sequence[Any], reply: str, config: ServeConfig | None = None, *,
+              top: int = 0, timeout: float | None = 120.0) -> ReplyScore:
+        """Per-token logprobs of ``reply`` as the assistant's answer to ``messages`` under
+        ``config``'s template (default: the served one), computed on the generator's thread.
+
+        Raises InvalidParameter for a generator that cannot score (a remote model).
+        """
+        encoded = self.encode(messages, config)
+        reply_ids = encode_reply(self.model.tokenizer, reply)
+        ids = [*encoded.ids, *reply_ids]
+        tokens = self.generator.start().score(ids, len(encoded.ids), top=top).result(timeout)
+        return ReplyScore(tokens, len(encoded.ids))
 
     # -- numbers ----------------------------------------------------------------------------------
     def stats(self, *, with_history: bool = True) -> StatsSnapshot:
