@@ -27,7 +27,7 @@ from .errors import (
     SessionBusy,
     TemplateError,
 )
-from .types import Delta, Finished, FinishReason, Queued, Usage
+from .types import Delta, Finished, FinishReason, Queued, ReplyScore, TokenLogprob, TopLogprob, Usage
 
 __version__ = "0.1.0"
 
@@ -38,6 +38,7 @@ _LAZY = {
     "LoadedModel": ".models",
     "remote_model": ".models",
     "stream": ".engine",
+    "score": ".engine",
     "Engine": ".engine",
     "RequestStream": ".engine",
     "presets": ".prompts",
@@ -53,7 +54,8 @@ _LAZY = {
 __all__ = sorted([
     "ChatStreamLabError", "ConfigError", "Delta", "FinishReason", "Finished", "GenerationError",
     "InvalidParameter", "ModelLoadError", "NothingToRegenerate", "QueueFull", "Queued",
-    "SamplingParams", "ServerStartError", "SessionBusy", "TemplateError", "Usage", "__version__",
+    "ReplyScore", "SamplingParams", "ServerStartError", "SessionBusy", "TemplateError", "TokenLogprob",
+    "TopLogprob", "Usage", "__version__",
     *_LAZY,
 ])
 
@@ -72,7 +74,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import Engine, RequestStream, stream
+    from .engine import Engine, RequestStream, score, stream
     from .lab import Lab
     from .models import LoadedModel, load_model, remote_model, scripted_model
     from .prompts import ChatPrompt, DeclarativeTemplate, JinjaTemplate, inspect_prompt, presets

@@ -56,6 +56,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
                         "bundled model, else 0.3)")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="accept this Host name (e.g. a reverse proxy's public name; '*.example.org', '*'); "
+                        "repeatable. Default: on loopback only loopback names, on other interfaces any")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     add_backend_arguments(p)
     p.add_argument("--upstream", action="append", default=None, metavar="URL",
@@ -95,7 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
                                  max_queue_size=args.max_queue_size, params=params)
-        app = create_app(chat_stream, token=args.token, close_on_shutdown=True)
+        app = create_app(chat_stream, token=args.token, allowed_hosts=args.allowed_host, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)

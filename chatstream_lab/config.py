@@ -18,6 +18,7 @@ from typing import Any
 from .errors import InvalidParameter
 
 UNSET: Any = object()  # "not given" for optional keyword arguments (None is a real value)
+MAX_LOGPROBS = 20  # alternatives per token, as OpenAI's top_logprobs
 
 
 def _check_number(name: str, value: Any, *, lo: float, hi: float, integer: bool = False,
@@ -34,6 +35,18 @@ def _check_number(name: str, value: Any, *, lo: float, hi: float, integer: bool 
         raise InvalidParameter(f"{name} must be in {left}{lo}, {hi}], got {value!r}", name=name)
 
 
+def is_valid_unicode(text: str) -> bool:
+    """False for a string holding a lone UTF-16 surrogate (JSON's ``"\\ud800"``), which no
+    encoder, tokenizer or JSON response can carry."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to pick tokens and when to stop.
@@ -47,6 +60,12 @@ class SamplingParams:
         repetition_penalty: HF/CTRL penalty (>1 makes tokens already seen less likely).
         seed: makes sampling reproducible per request, whatever else runs in the batch.
         stop: extra stop strings; never part of the returned text.
+        logprobs: None (off, no extra work per step) or K in 0..20: every ``Delta`` carries, for
+            each new token, its log-probability and the K most likely alternatives
+            (:class:`~chatstream_lab.types.TokenLogprob`). Log-probabilities are of the raw model
+            distribution (before repetition penalty, temperature and top-k/top-p/min-p; OpenAI's
+            and vLLM's convention). It changes what is reported, not what is generated, so it
+            is not part of ``config_id``.
 
     The defaults (temperature 0.3, top_p 0.9) keep small chat models on topic; pass
     ``temperature=0`` for greedy, reproducible replies.
@@ -60,6 +79,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         _check_number("max_new_tokens", self.max_new_tokens, lo=1, hi=1_000_000, integer=True)
@@ -76,7 +96,11 @@ class SamplingParams:
         if not isinstance(stop, (tuple, list)) or not all(isinstance(s, str) and s for s in stop):
             raise InvalidParameter(f"stop must be a list of non-empty strings, got {self.stop!r}",
                                    name="stop")
+        if not all(is_valid_unicode(s) for s in stop):  # a lone surrogate cannot be encoded or sent
+            raise InvalidParameter("stop strings must be valid Unicode (no lone surrogates)", name="stop")
         object.__setattr__(self, "stop", tuple(stop))
+        if self.logprobs is not None:
+            _check_number("logprobs", self.logprobs, lo=0, hi=MAX_LOGPROBS, integer=True)
 
     @property
     def greedy(self) -> bool:
@@ -129,6 +153,40 @@ class Limits:
         _check_limit("max_queue_size", self.max_queue_size, 0)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds on what one HTTP request may carry, checked before anything is stored or submitted.
+
+    Args:
+        max_body_bytes: request body size; larger bodies get 413 before they are buffered (the
+            body is counted as it streams in, with or without ``Content-Length``).
+        max_input_chars: longest user message (``/chat_stream``) or all ``messages`` together
+            (``/v1/chat/completions``); longer gets 413.
+        max_json_depth: nesting depth of a JSON body (``{"a": [1]}`` is 2); deeper gets 400.
+        max_messages: entries in a ``/v1/chat/completions`` ``messages`` list; more gets 400.
+        max_stop_strings / max_stop_chars: how many ``stop`` strings, and how long each, on every
+            route that takes them; more or longer gets 400 naming ``stop``.
+        max_feedback_bytes: size of ``/set_feedback``'s ``form_data`` as JSON; larger gets 413.
+
+    The defaults fit a chat demo; see ARCHITECTURE.md, "Limits", for every bound.
+    """
+
+    max_body_bytes: int = 1 << 20
+    max_input_chars: int = 8000
+    max_json_depth: int = 32
+    max_messages: int = 256
+    max_stop_strings: int = 16
+    max_stop_chars: int = 256
+    max_feedback_bytes: int = 16 << 10
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_limit(f.name, getattr(self, f.name), 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
 def template_fingerprint(template: Any) -> Any:
     """JSON-friendly data that identifies a template: its own ``fingerprint()`` (every template in
     :mod:`chatstream_lab.prompts` has one), else its type and name."""
@@ -162,8 +220,9 @@ class ServeConfig:
     config_id: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
+        generation = {k: v for k, v in self.params.as_dict().items() if k != "logprobs"}
         object.__setattr__(self, "config_id", config_id(self.model_name, template_fingerprint(self.template),
-                                                        self.params.as_dict()))
+                                                        generation))
 
     @property
     def template_name(self) -> str:

@@ -22,11 +22,12 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import UNSET, Limits, ServeConfig
+from .config import UNSET, Limits, RequestLimits, ServeConfig
 from .errors import ConfigError
 from .prompts.variants import derive_config, resolve_with_system
 from .service import Service
 from .stats import StatsSnapshot
+from .types import ReplyScore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import RequestStream
@@ -129,6 +130,33 @@ class Lab:
         self._check_open()
         return self.service.submit(messages, config or self.config)
 
+    def submit_continuation(self, messages: Any, config: ServeConfig | None, prefix_ids: Any) -> RequestStream:
+        """Submit ``messages`` with the reply forced to start with ``prefix_ids`` (the prompt's ids +
+        ``prefix_ids`` are the prompt; what streams is what follows them): a widget's branch."""
+        from .prompts import EncodedPrompt
+
+        self._check_open()
+        config = config or self.config
+        encoded = self.service.encode(messages, config)
+        forced = EncodedPrompt((*encoded.ids, *(int(i) for i in prefix_ids)), encoded.stop_strings,
+                               encoded.output_replacements)
+        return self.service.submit_encoded(forced, config.params)
+
+    def score(self, messages: Any, reply: str, *, template: Any = UNSET, top: int = 0,
+              timeout: float | None = 120.0) -> ReplyScore:
+        """Per-token logprobs of ``reply`` as the assistant's answer to ``messages`` (teacher-forced,
+        one forward on the engine thread) under the current configuration's template, or ``template``."""
+        self._check_open()
+        config = self.config if template is UNSET else self.variant({"template": template})
+        return self.service.score(messages, reply, config, top=top, timeout=timeout)
+
+    def _widget_config(self, config: ServeConfig) -> ServeConfig:
+        """Widgets ask a torch model for the top 5 logprobs (colours, hover, branches); OpenVINO and
+        remote models report none. Logprobs are not part of ``config_id``."""
+        if config.params.logprobs is None and self.model.backend.reports_logprobs:
+            return config.replace(logprobs=5)
+        return config
+
     def generate(self, messages: Any, timeout: float | None = None, **params: Any) -> str:
         """The whole reply, blocking (no widget); ``params`` override the current configuration."""
         config = self.config.replace(**params) if params else self.config
@@ -143,14 +171,20 @@ class Lab:
         """A widget, returned at once, that streams the reply (with a Stop button)."""
         from .notebook.preview import StreamPreview
 
-        config = config or (self.config.replace(**params) if params else self.config)
-        return StreamPreview.start(self.submit, message, config)
+        config = self._widget_config(config or (self.config.replace(**params) if params else self.config))
+        local = getattr(self.model, "backend", "torch") != "remote"
+        return StreamPreview.start(self.submit, message, config,
+                                   continuation=self.submit_continuation if local else None)
 
     def chat(self, system_prompt: str | None = None) -> ChatWidget:
         """A multi-turn chat widget (Send, Stop, Regenerate, Clear) on the current configuration."""
         from .notebook.chat import ChatWidget
 
-        return ChatWidget(lambda messages: self.submit(messages), system_prompt=system_prompt)
+        local = getattr(self.model, "backend", "torch") != "remote"
+        return ChatWidget(lambda messages: self.submit(messages, self._widget_config(self.config)),
+                          system_prompt=system_prompt,
+                          continuation=(lambda messages, prefix: self.submit_continuation(
+                              messages, self._widget_config(self.config), prefix)) if local else None)
 
     def playground(self, message: str = "What is the capital of France?") -> Playground:
         """Edit template, system prompt and sampling; inspect the prompt; preview. Edits configure
@@ -160,22 +194,33 @@ class Lab:
         return Playground(self.model.tokenizer, current=lambda: self.config, configure=self.configure,
                           preview=self.preview, context_window=self.model.context_window, message=message)
 
-    def compare(self, variants: dict[str, Any], message: Any) -> CompareView:
-        """Stream ``message`` through each variant side by side; a table follows when all finish."""
+    def compare(self, variants: dict[str, Any], message: Any, *, reference: str | None = None) -> CompareView:
+        """Stream ``message`` through each variant side by side; a table follows when all finish.
+
+        ``reference``: a reply to score under each variant's template; the table adds its mean
+        log-probability per token (``mean_logprob``: higher = the template makes it likelier).
+        """
         from .notebook.compare import CompareView
 
-        return CompareView.start(self.submit, {name: self.variant(spec) for name, spec in variants.items()},
-                                 message)
+        configs = {name: self.variant(spec) for name, spec in variants.items()}
+        scorer = None
+        if reference is not None:
+            def scorer(config: ServeConfig) -> float:
+                return self.service.score(message, reference, config).mean_logprob
+        return CompareView.start(self.submit, configs, message, scorer=scorer)
 
     # -- serving --------------------------------------------------------------------------------------
     def serve(self, port: int | None = None, host: str = "127.0.0.1", *,
               num_of_concurrent_executions: int | None = None, max_queue_size: int | None = None,
-              token: str | None = None, timeout: float = 10.0, **app_options: Any) -> Endpoint:
+              token: str | None = None, timeout: float = 10.0, request_limits: RequestLimits | None = None,
+              **app_options: Any) -> Endpoint:
         """Serve the current configuration over HTTP from this kernel; returns an Endpoint.
 
         Runs uvicorn on its own thread and loop. Previews and HTTP clients share the engine and its
         gate. Calling it again stops this Lab's previous server first (re-running a cell is safe).
         ``port=None`` picks a free port; a busy port raises ServerStartError at once.
+        ``request_limits`` bounds each HTTP request (body size, stop lists...; ARCHITECTURE.md,
+        "Limits"); ``app_options`` go to ``create_app`` (``cors_origins``, ``allowed_hosts``...).
         """
         from .notebook.endpoint import Endpoint
 
@@ -186,7 +231,8 @@ class Lab:
                             else num_of_concurrent_executions,
                             self.max_queue_size if max_queue_size is None else max_queue_size)
             self.service.set_limits(limits)
-            self._endpoint = Endpoint.start(self.service.with_config(self.config, tracked=True), host=host,
+            view = self.service.with_config(self.config, tracked=True, request_limits=request_limits)
+            self._endpoint = Endpoint.start(view, host=host,
                                             port=port or 0, token=token, timeout=timeout, **app_options)
             return self._endpoint
 

@@ -20,14 +20,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from .admission import AdmissionGate
-from .config import Limits, SamplingParams, ServeConfig
+from .config import Limits, RequestLimits, SamplingParams, ServeConfig
 from .engine.factory import build_generator
 from .engine.protocol import EngineHealth, Generator
 from .engine.stream import RequestStream
 from .errors import ConfigError
-from .prompts import EncodedPrompt, encode_messages, with_system_prompt
+from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
 from .stats import PrometheusExporter, StatsRecorder, StatsSnapshot
+from .types import ReplyScore
 
 
 class _Machinery:
@@ -97,27 +98,27 @@ class Service:
     Constructing it starts no thread: the engine starts on the first request.
     """
 
-    def __init__(self, machinery: _Machinery, config: ServeConfig, *, max_input_chars: int = 8000,
-                 tracked: bool = False) -> None:
-        if isinstance(max_input_chars, bool) or not isinstance(max_input_chars, int) or max_input_chars < 1:
-            raise ConfigError(f"max_input_chars must be a positive integer, got {max_input_chars!r}",
-                              name="max_input_chars")
+    def __init__(self, machinery: _Machinery, config: ServeConfig, *, max_input_chars: int | None = None,
+                 request_limits: RequestLimits | None = None, tracked: bool = False) -> None:
         self._m = machinery
         self.config = config
-        self.max_input_chars = max_input_chars
+        self.request_limits = _request_limits(request_limits, max_input_chars)
         self._streams: weakref.WeakSet[RequestStream] | None = weakref.WeakSet() if tracked else None
         self._detached = False
         self._streams_lock = threading.Lock()
 
     @classmethod
     def build(cls, model: Any, template: Any = None, params: SamplingParams | None = None, *,
-              limits: Limits | None = None, system_prompt: str | None = None, max_input_chars: int = 8000,
+              limits: Limits | None = None, system_prompt: str | None = None,
+              max_input_chars: int | None = None, request_limits: RequestLimits | None = None,
               generator: Generator | None = None, config: ServeConfig | None = None,
               **engine_options: Any) -> Service:
         """The service for ``model`` (a LoadedModel) with ``template`` (None: the model's own, or a
         preset name, or a template object), sampling ``params`` and admission ``limits``.
 
-        ``config`` (a whole ServeConfig) replaces ``template`` / ``params`` / ``system_prompt``;
+        ``request_limits`` bounds what one HTTP request may carry (``max_input_chars`` overrides
+        its field of that name). ``config`` (a whole ServeConfig) replaces ``template`` /
+        ``params`` / ``system_prompt``;
         ``generator`` shares an already-built one (with its gate); ``engine_options`` go to the
         engine (``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``onednn``; for a remote
         model ``timeout_s``, ``retry_after_s``).
@@ -128,15 +129,17 @@ class Service:
                 resolved = with_system_prompt(resolved, system_prompt)
             config = ServeConfig(model.name, resolved, params or SamplingParams())
         machinery = _Machinery(model, limits or Limits(), engine_options, generator)
-        return cls(machinery, config, max_input_chars=max_input_chars)
+        return cls(machinery, config, max_input_chars=max_input_chars, request_limits=request_limits)
 
-    def with_config(self, config: ServeConfig, *, tracked: bool = False) -> Service:
+    def with_config(self, config: ServeConfig, *, tracked: bool = False,
+                    request_limits: RequestLimits | None = None) -> Service:
         """A view serving ``config`` through the same generator, gate and recorder.
 
         ``tracked``: the view remembers the streams submitted through it, so :meth:`detach` can end
-        them (an endpoint stopping while the notebook's previews go on).
+        them (an endpoint stopping while the notebook's previews go on). ``request_limits``: the
+        view's HTTP request bounds (default: this service's).
         """
-        return Service(self._m, config, max_input_chars=self.max_input_chars, tracked=tracked)
+        return Service(self._m, config, request_limits=request_limits or self.request_limits, tracked=tracked)
 
     def set_limits(self, limits: Limits) -> None:
         """Serve with other admission ``limits`` from now on: the generator is replaced by a fresh
@@ -164,6 +167,10 @@ class Service:
     @property
     def limits(self) -> Limits:
         return self._m.limits
+
+    @property
+    def max_input_chars(self) -> int:
+        return self.request_limits.max_input_chars
 
     @property
     def template(self) -> Any:
@@ -224,6 +231,19 @@ class Service:
                 self._streams.add(stream)
         return stream
 
+    def score(self, messages: str | Sequence[Any], reply: str, config: ServeConfig | None = None, *,
+              top: int = 0, timeout: float | None = 120.0) -> ReplyScore:
+        """Per-token logprobs of ``reply`` as the assistant's answer to ``messages`` under
+        ``config``'s template (default: the served one), computed on the generator's thread.
+
+        Raises InvalidParameter for a generator that cannot score (a remote model).
+        """
+        encoded = self.encode(messages, config)
+        reply_ids = encode_reply(self.model.tokenizer, reply)
+        ids = [*encoded.ids, *reply_ids]
+        tokens = self.generator.start().score(ids, len(encoded.ids), top=top).result(timeout)
+        return ReplyScore(tokens, len(encoded.ids))
+
     # -- numbers ----------------------------------------------------------------------------------
     def stats(self, *, with_history: bool = True) -> StatsSnapshot:
         """The numbers of every request through this generator, labelled with this configuration."""
@@ -253,3 +273,10 @@ class Service:
         return (f"<Service model={self.model.name!r} config_id={self.config_id} "
                 f"running={snap.running}/{snap.limit} queued={snap.waiting}/{snap.max_queue_size}>")
 
+
+def _request_limits(limits: RequestLimits | None, max_input_chars: int | None) -> RequestLimits:
+    """``limits`` (default: the defaults) with ``max_input_chars`` applied when given."""
+    limits = limits or RequestLimits()
+    if max_input_chars is None or max_input_chars == limits.max_input_chars:
+        return limits
+    return dataclasses.replace(limits, max_input_chars=max_input_chars)

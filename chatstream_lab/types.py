@@ -7,6 +7,7 @@ Closed sets are enums, values are frozen dataclasses, and a stream is a typed se
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Literal, NewType, Protocol, TypedDict, Union
 
@@ -75,12 +76,87 @@ class Queued:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the most likely tokens at a position, with its log-probability.
+
+    ``text`` is the token's own piece (bytes decoded with U+FFFD for a partial UTF-8 character);
+    ``raw`` its exact bytes (what OpenAI's ``bytes`` field lists).
+    """
+
+    token_id: int
+    text: str
+    logprob: float
+    raw: bytes = b""
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A generated (or scored) token: its piece, its log-probability and the top alternatives.
+
+    Log-probabilities are of the *raw* model distribution: ``log_softmax`` of the logits before
+    repetition penalty, temperature, top-k, top-p and min-p (OpenAI's and vLLM's convention), so
+    the same token has the same logprob whatever the sampling settings. ``top`` is sorted, most
+    likely first, and holds ``SamplingParams.logprobs`` entries (it may or may not contain the
+    chosen token; greedy decoding without a repetition penalty always picks ``top[0]``).
+    """
+
+    token_id: int
+    text: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+    raw: bytes = b""
+
+    @property
+    def prob(self) -> float:
+        return math.exp(self.logprob)
+
+
+@dataclass(frozen=True, slots=True)
 class Delta:
-    """New text. ``text`` is never a broken UTF-8 character; it may be ``""`` while one is pending."""
+    """New text. ``text`` is never a broken UTF-8 character; it may be ``""`` while one is pending.
+
+    ``logprobs`` holds one :class:`TokenLogprob` per id in ``token_ids`` when the request asked for
+    them (``SamplingParams(logprobs=K)``), else ``()``. A token that belongs to a stop string is
+    reported here although its text is held back.
+    """
 
     request_id: RequestId
     text: str
     token_ids: tuple[int, ...] = ()
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyScore:
+    """The log-probabilities of a given reply, teacher-forced after a prompt (``csl.score``).
+
+    ``tokens`` has one entry per token of the reply; ``prompt_tokens`` is the prompt's length.
+    """
+
+    tokens: tuple[TokenLogprob, ...]
+    prompt_tokens: int = 0
+
+    @property
+    def logprob(self) -> float:
+        """The reply's total log-probability (sum over its tokens)."""
+        return float(sum(t.logprob for t in self.tokens))
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean log-probability per token (comparable across replies of different lengths)."""
+        return self.logprob / len(self.tokens) if self.tokens else 0.0
+
+    @property
+    def token_logprobs(self) -> list[float]:
+        return [t.logprob for t in self.tokens]
+
+    @property
+    def text(self) -> str:
+        return b"".join(t.raw for t in self.tokens).decode("utf-8", errors="replace")
 
 
 @dataclass(frozen=True, slots=True)

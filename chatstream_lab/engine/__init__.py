@@ -2,6 +2,7 @@
 
 from .engine import Engine, EngineClosed
 from .generate import stream
+from .scoring import score
 from .stream import RequestStream
 
-__all__ = ["Engine", "EngineClosed", "RequestStream", "stream"]
+__all__ = ["Engine", "EngineClosed", "RequestStream", "score", "stream"]

@@ -207,6 +207,20 @@ class HFBackend:
         self._next_pos = self._next_pos + 1
         return logits
 
+    def score(self, ids: Sequence[int], start: int) -> torch.Tensor:
+        """Teacher-forced logits [len(ids) - start, V]: row j predicts ``ids[start + j]``.
+
+        One plain forward of the whole sequence (no cache, no batch state touched), through the
+        model's own head, so it is the reference the streamed logprobs are checked against.
+        """
+        if not 1 <= start < len(ids):
+            raise ValueError(f"start must be in [1, {len(ids)}), got {start}")
+        x = torch.tensor([list(ids)], dtype=torch.long, device=self._device)
+        with torch.inference_mode():
+            out = self._model(input_ids=x, use_cache=False)
+        logits: torch.Tensor = out.logits[0, start - 1:-1, :]
+        return logits
+
     def leave(self, keys: AbstractSet[Key]) -> None:
         keep = [i for i, k in enumerate(self.rows) if k not in keys]
         if len(keep) == len(self.rows):
@@ -253,9 +267,22 @@ class ScriptedBackend:
         self._scripts: dict[Key, tuple[list[int], list[int]]] = {}  # key -> (script, [index])
 
     def _logits_for(self, token: int) -> torch.Tensor:
+        """The script's token at 10, three deterministic runners-up at -10, -11, -12 (logprobs
+        about -20, -21, -22: visible as alternatives, never sampled in practice), the rest -1e4."""
         logits = torch.full((self._vocab,), -1e4)
+        for rank in (3, 2, 1):
+            logits[(token + rank) % self._vocab] = -9.0 - rank
         logits[token] = 10.0
         return logits
+
+    def score(self, ids: Sequence[int], start: int) -> torch.Tensor:
+        """Teacher-forced logits of ``ids[start:]``: position j favours the script's j-th token
+        for the prompt ``ids[:start]`` (so the scripted reply scores about 0, others far lower)."""
+        if not 1 <= start < len(ids):
+            raise ValueError(f"start must be in [1, {len(ids)}), got {start}")
+        script = self._script_for(ids[:start])
+        return torch.stack([self._logits_for(script[min(j, len(script) - 1)])
+                            for j in range(len(ids) - start)])
 
     def _script_for(self, prompt_ids: Sequence[int]) -> list[int]:
         reply = self._lm.reply_for(self._tok.decode(list(prompt_ids)))

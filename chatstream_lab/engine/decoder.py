@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from ..config import SamplingParams
-from ..types import Delta, Finished, FinishReason, RequestId
-from .detokenize import Detokenizer, DetokenizerFactory
+from ..types import Delta, Finished, FinishReason, RequestId, TokenLogprob, TopLogprob
+from .detokenize import Detokenizer, DetokenizerFactory, TokenPieces
 from .lifecycle import make_usage
 from .protocol import StepBackend
 from .sampling import make_generator, sample_token
@@ -75,6 +75,48 @@ RetireFn = Callable[[Row], None]
 _NO_IDS = torch.tensor([], dtype=torch.long)
 
 
+@dataclass(frozen=True, slots=True)
+class RowLogprobs:
+    """One row's raw log-probabilities and its top-K (computed only for rows that asked)."""
+
+    logprobs: torch.Tensor  # [V], log_softmax of the raw logits
+    top_ids: list[int]
+    top_values: list[float]
+
+
+def logprob_rows(params: Sequence[SamplingParams], logits: torch.Tensor) -> list[RowLogprobs | None]:
+    """``log_softmax`` + ``topk`` over the batched logits [N, V], for the rows that asked only.
+
+    Rows with ``logprobs=None`` cost nothing; the others share one ``log_softmax`` and one
+    ``topk`` (at the largest K asked), so the work per step is bounded by the rows that asked.
+    """
+    out: list[RowLogprobs | None] = [None] * len(params)
+    asked = [i for i, p in enumerate(params) if p.logprobs is not None]
+    if not asked:
+        return out
+    sub = logits if len(asked) == len(params) else logits.index_select(
+        0, torch.tensor(asked, dtype=torch.long, device=logits.device))
+    lp = torch.log_softmax(sub.float(), dim=-1)
+    k = max(int(params[i].logprobs or 0) for i in asked)
+    ids: list[list[int]] = [[] for _ in asked]
+    values: list[list[float]] = [[] for _ in asked]
+    if k:
+        top = torch.topk(lp, min(k, lp.shape[-1]), dim=-1)
+        ids, values = top.indices.tolist(), top.values.tolist()
+    for j, i in enumerate(asked):
+        kk = int(params[i].logprobs or 0)
+        out[i] = RowLogprobs(lp[j], ids[j][:kk], values[j][:kk])
+    return out
+
+
+def token_logprob(pieces: TokenPieces, token: int, row_lp: RowLogprobs) -> TokenLogprob:
+    """The chosen ``token`` with its logprob and the row's top-K alternatives."""
+    text, raw = pieces(token)
+    top = tuple(TopLogprob(tid, pieces(tid)[0], value, pieces(tid)[1])
+                for tid, value in zip(row_lp.top_ids, row_lp.top_values))
+    return TokenLogprob(token, text, float(row_lp.logprobs[token]), top, raw)
+
+
 class BatchDecoder:
     """Drives a step-level backend over the rows; ``step()`` advances every row by at most one token.
 
@@ -91,6 +133,7 @@ class BatchDecoder:
         self.loaded = loaded
         self.backend = backend
         self.detokenizers = DetokenizerFactory(loaded.tokenizer)
+        self.pieces = self.detokenizers.pieces()
         self._on_retire = on_retire
         self._on_first_token = on_first_token
         self.prefill_chunk = prefill_chunk
@@ -197,8 +240,9 @@ class BatchDecoder:
             for row in group:
                 self._fail(row, exc)
             return
-        for row, row_logits in zip(group, logits):
-            self._take(row, row_logits)
+        lps = logprob_rows([r.params for r in group], logits)
+        for row, row_logits, lp in zip(group, logits, lps):
+            self._take(row, row_logits, lp)
         keep = [i for i, row in enumerate(group) if row.finished is None]
         if keep:
             self.backend.join([group[i].id for i in keep], pf, keep)
@@ -221,11 +265,14 @@ class BatchDecoder:
                 self._last_token.pop(row.id, None)
                 self._on_retire(row)
             return
-        for row, row_logits in zip(rows, logits):
-            self._take(row, row_logits)
+        lps = logprob_rows([r.params for r in rows], logits)
+        for row, row_logits, lp in zip(rows, logits, lps):
+            self._take(row, row_logits, lp)
 
-    def _take(self, row: Row, logits: torch.Tensor) -> None:
-        """Sample, detokenize, filter and emit one token of ``row``."""
+    def _take(self, row: Row, logits: torch.Tensor, lp: RowLogprobs | None = None) -> None:
+        """Sample, detokenize, filter and emit one token of ``row`` (with its logprobs if asked)."""
+        if lp is None and row.params.logprobs is not None:
+            lp = logprob_rows([row.params], logits.unsqueeze(0))[0]
         # the ids seen so far matter only to the repetition penalty: build them only then
         seen = row.seen() if row.params.repetition_penalty != 1.0 else _NO_IDS
         try:
@@ -244,7 +291,7 @@ class BatchDecoder:
             self._finish(row, FinishReason.STOP)
             return
         result = row.text_filter.push(row.detok.add(token))
-        self._emit(row, result.text, (token,))
+        self._emit(row, result.text, (token,), () if lp is None else (token_logprob(self.pieces, token, lp),))
         if result.stopped:
             self._finish(row, FinishReason.STOP)
         elif len(row.generated) >= self._max_new(row):
@@ -255,10 +302,11 @@ class BatchDecoder:
         room = self.loaded.context_window - len(row.prompt_ids)
         return max(1, min(row.params.max_new_tokens, int(room)))
 
-    def _emit(self, row: Row, text: str, token_ids: tuple[int, ...]) -> None:
+    def _emit(self, row: Row, text: str, token_ids: tuple[int, ...],
+              logprobs: tuple[TokenLogprob, ...] = ()) -> None:
         if text:
             row.parts.append(text)
-        row.stream._push(Delta(row.id, text, token_ids))
+        row.stream._push(Delta(row.id, text, token_ids, logprobs))
 
     def _flush(self, row: Row) -> None:
         tail = row.text_filter.push(row.detok.finalize(), final=True).text

@@ -89,3 +89,43 @@ class DetokenizerFactory:
 
     def __call__(self) -> Detokenizer:
         return Detokenizer(self.tokenizer, self.byte_decoder, self.special_ids)
+
+    def pieces(self) -> TokenPieces:
+        return TokenPieces(self.tokenizer, self.byte_decoder)
+
+
+class TokenPieces:
+    """One token's own text and bytes (what logprobs report), cached per id.
+
+    A byte-level BPE piece is mapped back to its bytes (``"Ġthe"`` -> ``b" the"``), so a space
+    is a space and a newline a newline; a partial UTF-8 character decodes to U+FFFD in ``text``
+    while ``raw`` keeps the exact bytes. Special tokens keep their literal text (``<|im_end|>``).
+    """
+
+    def __init__(self, tokenizer: Any, byte_decoder: dict[str, int] | None) -> None:
+        self._tok = tokenizer
+        self._byte_decoder = byte_decoder
+        self._token_bytes = getattr(tokenizer, "token_bytes", None)
+        self._cache: dict[int, tuple[str, bytes]] = {}
+
+    def __call__(self, token_id: int) -> tuple[str, bytes]:
+        hit = self._cache.get(token_id)
+        if hit is None:
+            raw = self._raw(token_id)
+            hit = self._cache[token_id] = (raw.decode("utf-8", errors="replace"), raw)
+        return hit
+
+    def _raw(self, token_id: int) -> bytes:
+        if self._token_bytes is not None:
+            raw = self._token_bytes(token_id)
+            if raw:
+                return bytes(raw)
+        piece = self._tok.convert_ids_to_tokens(token_id) if hasattr(self._tok, "convert_ids_to_tokens") else None
+        if isinstance(piece, str) and self._byte_decoder is not None:
+            try:
+                return bytes(self._byte_decoder[c] for c in piece)
+            except KeyError:  # an added (non byte-level) token: its text is literal
+                return piece.encode("utf-8")
+        if isinstance(piece, str) and piece in set(getattr(self._tok, "all_special_tokens", []) or []):
+            return piece.encode("utf-8")
+        return str(self._tok.decode([token_id])).encode("utf-8")

@@ -17,12 +17,14 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
-from ..types import Finished, FinishReason, LifecycleObserver
+from ..types import Finished, FinishReason, LifecycleObserver, TokenLogprob
 from .decoder import BatchDecoder, Row
 from .lifecycle import RequestLifecycle, make_usage
 from .protocol import EngineHealth, EngineState, StepBackend
@@ -35,6 +37,16 @@ _HEARTBEAT_S = 1.0  # queued requests hear their position at least this often
 
 class EngineClosed(ChatStreamLabError):
     """The engine was closed; create a new one (or call ``Lab.serve`` / ``start`` again)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreJob:
+    """A teacher-forced scoring forward the engine thread runs between two steps."""
+
+    ids: tuple[int, ...]
+    start: int
+    top: int
+    future: Future[tuple[TokenLogprob, ...]]
 
 
 class Engine:
@@ -86,6 +98,7 @@ class Engine:
         self._backend = backend
         self._lock = threading.Lock()
         self._cancelled: set[Any] = set()
+        self._jobs: list[ScoreJob] = []
         self._live: dict[Any, Row] = {}  # admitted and not yet retired (ended on a crash, whatever the decoder lost)
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -180,6 +193,50 @@ class Engine:
         self._wake.set()
         return stream
 
+    def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
+        """Logprobs of ``ids[start:]`` (teacher-forced, one forward), computed on the engine thread
+        between two steps; the future holds one :class:`~chatstream_lab.types.TokenLogprob` per token.
+
+        Scoring does not take a slot of the gate: it is one forward, and it runs between the steps
+        of whatever generates.
+
+        Raises:
+            InvalidParameter: nothing to score, ``top`` out of 0..20, or over the context window.
+        """
+        from .scoring import check_score_request
+
+        job_ids = tuple(int(i) for i in ids)
+        check_score_request(job_ids, start, top, int(getattr(self.model, "context_window", 0) or 0))
+        self.start()
+        self._raise_if_failed()
+        job = ScoreJob(job_ids, start, top, Future())
+        with self._lock:
+            self._jobs.append(job)
+        if self._closing.is_set() or self._crash is not None:
+            self._fail_jobs()
+        self._wake.set()
+        return job.future
+
+    def _run_jobs(self, decoder: BatchDecoder) -> None:
+        from .scoring import score_ids
+
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            try:
+                job.future.set_result(score_ids(decoder.backend, decoder.pieces, job.ids, job.start, job.top))
+            except Exception as exc:  # a bad job fails itself only
+                job.future.set_exception(exc)
+
+    def _fail_jobs(self) -> None:
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(EngineClosed("the engine stopped before scoring"))
+
     def _raise_if_failed(self) -> None:
         if self._crash is not None or (self._thread is not None and not self._thread.is_alive()):
             raise EngineUnavailable(self._crash or "the engine thread stopped; restart the server")
@@ -237,6 +294,8 @@ class Engine:
                     cancelled, self._cancelled = self._cancelled, set()
                 if cancelled:
                     decoder.cancel(cancelled)
+                if self._jobs:
+                    self._run_jobs(decoder)
                 now = time.monotonic()
                 if self.gate.snapshot().waiting != before or now - last_heartbeat >= _HEARTBEAT_S:
                     self.lifecycle.announce_positions()
@@ -268,3 +327,4 @@ class Engine:
                 row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
             self._retire(row)
         self.lifecycle.fail_waiting(reason, error)
+        self._fail_jobs()

@@ -36,13 +36,14 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
-from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId
+from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from .detokenize import Detokenizer, DetokenizerFactory
 from .lifecycle import RequestLifecycle, make_usage
 from .protocol import EngineHealth, EngineState
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 1.0
 _IDLE_WAIT_S = 0.25
+NO_LOGPROBS = ("token log-probabilities and scoring need the weights' full distribution, which the "
+               "OpenVINO backend does not report; load the model with backend='torch' for them")
 
 # SamplingParams fields mapped onto GenerationConfig. Any other field that is not at its default
 # is refused with InvalidParameter naming it, so a parameter added later is never silently ignored.
@@ -278,6 +281,10 @@ class OpenVINOEngine:
                                         self._crash and "the engine failed")
         self._wake.set()
         return stream
+
+    def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
+        """Not available: OpenVINO's pipeline gives no teacher-forced logprobs."""
+        raise InvalidParameter(NO_LOGPROBS, name="logprobs")
 
     def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
         """Stop strings that are special tokens are matched by id (as the torch decoder does)."""

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from collections.abc import Set as AbstractSet
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ..config import SamplingParams
+from ..types import TokenLogprob
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -109,6 +111,11 @@ class Generator(Protocol):
         """
         ...
 
+    def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
+        """Teacher-forced logprobs of ``ids[start:]`` (on the thread that owns the model); raises
+        InvalidParameter where the generator cannot score (a remote one)."""
+        ...
+
     def health(self) -> EngineHealth: ...
 
     def close(self, timeout: float = 10.0) -> None: ...
@@ -138,3 +145,8 @@ class StepBackend(Protocol[H]):
     def leave(self, keys: AbstractSet[Key]) -> None: ...
 
     def reset(self) -> None: ...
+
+    def score(self, ids: Sequence[int], start: int) -> torch.Tensor:
+        """Teacher-forced logits ``[len(ids) - start, V]`` (row j predicts ``ids[start + j]``);
+        touches no batch state, so it may run between two steps."""
+        ...

@@ -38,6 +38,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Awaitable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -46,12 +47,18 @@ import httpx
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ConfigError, EngineUnavailable, InvalidParameter
-from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId
+from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from .engine import EngineClosed
 from .lifecycle import RequestLifecycle, make_usage
 from .protocol import EngineHealth, EngineState, UpstreamHealth
 from .stream import RequestStream
 from .textfilter import TextFilter
+
+# Upstreams differ in whether and how they report logprobs (llama-server's shape is its own), and
+# their ids are another tokenizer's: a remote model refuses logprobs and scoring rather than
+# report numbers we cannot check.
+_NO_LOGPROBS = ("logprobs and scoring need the model's weights in this process; a remote model "
+                "does not report them (ask the upstream's own endpoint)")
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +267,8 @@ class RemoteEngine:
         """
         ids = [int(i) for i in prompt_ids]
         msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages or ())
+        if params is not None and params.logprobs is not None:
+            raise InvalidParameter(_NO_LOGPROBS, name="logprobs")
         self._validate(ids, msgs)
         self.start()
         self._raise_if_unavailable()
@@ -272,6 +281,10 @@ class RemoteEngine:
             self.lifecycle.fail_waiting(FinishReason.CANCELLED)
         self._call_soon(self._dispatch)
         return stream
+
+    def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
+        """Not available: scoring needs the weights (see ``_NO_LOGPROBS``)."""
+        raise InvalidParameter(_NO_LOGPROBS, name="logprobs")
 
     def _validate(self, ids: list[int], msgs: tuple[dict[str, str], ...]) -> None:
         if not ids and not msgs:

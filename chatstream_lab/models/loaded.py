@@ -20,6 +20,12 @@ class Backend(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @property
+    def reports_logprobs(self) -> bool:
+        """Token log-probabilities with alternatives, and scoring: only where our sampler runs on
+        the model's own logits (OpenVINO and remote servers do not hand them over)."""
+        return self in (Backend.TORCH, Backend.SCRIPTED)
+
 
 @dataclass(frozen=True, eq=False)
 class LoadedModel:

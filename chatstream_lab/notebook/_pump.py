@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..types import Delta, Finished, Queued
+from ..types import Delta, Finished, Queued, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ class StreamState:
     position: int | None = None
     finished: Finished | None = None
     started: bool = False  # a Delta (or the Finished) arrived, so the request left the queue
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when the request asked for them
 
 
 Render = Callable[[StreamState], None]
@@ -40,12 +41,14 @@ async def pump(stream: Any, render: Render, interval: float = DEFAULT_INTERVAL_S
     broken view cannot leave a request running.
     """
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
     state: dict[str, Any] = {"position": None, "finished": None, "started": False}
 
     async def read() -> None:
         async for ev in stream:
             if isinstance(ev, Delta):
                 parts.append(ev.text)
+                logprobs.extend(ev.logprobs)
                 state["started"], state["position"] = True, None
             elif isinstance(ev, Queued):
                 state["position"] = ev.position
@@ -55,7 +58,7 @@ async def pump(stream: Any, render: Render, interval: float = DEFAULT_INTERVAL_S
     def current() -> StreamState:
         fin = state["finished"]
         text = fin.text if fin is not None else "".join(parts)
-        return StreamState(text, state["position"], fin, state["started"])
+        return StreamState(text, state["position"], fin, state["started"], tuple(logprobs))
 
     def safe_render(s: StreamState) -> None:
         try:

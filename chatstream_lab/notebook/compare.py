@@ -2,12 +2,15 @@
 
 Each variant is a preview column; all are submitted at once through one service (so they
 batch together and respect the same limit: variants beyond it wait in the queue). When all have
-finished, a table of finish reason, tokens, time to first token and tokens/s follows.
+finished, a table of finish reason, tokens, time to first token and tokens/s follows; with a
+``reference`` reply (``Lab.compare(..., reference=...)``) it adds the reference's mean
+log-probability per token under each variant (scored on the engine thread, off the kernel's loop).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from html import escape
 from typing import Any
 
@@ -31,21 +34,38 @@ def _row(name: str, config: ServeConfig, fin: Finished | None, error: str | None
             "text": fin.text if fin else ""}
 
 
+Scorer = Callable[[ServeConfig], float]
+"""The mean logprob of the reference reply under a configuration (blocking; run off the loop)."""
+
+# one line, cut with an ellipsis (the full text on hover): a long template name must not wrap
+# and push its column below the others
+_TITLE_LINE = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:100%"
+
+
+def column_title(name: str, config: ServeConfig) -> str:
+    label = f"{config.template_name} · {config.config_id}"
+    return (f"<div style='{_TITLE_LINE}' title='{escape(name, quote=True)}'><b>{escape(name)}</b></div>"
+            f"<div style='{_TITLE_LINE}' title='{escape(label, quote=True)}'><small>"
+            f"{escape(config.template_name)} · <code>{config.config_id}</code></small></div>")
+
+
 def table_html(rows: list[dict[str, Any]]) -> str:
     def cell(v: Any) -> str:
         return "–" if v is None else (f"{v:.2f}" if isinstance(v, float) else escape(str(v)))
 
-    head = "".join(f"<th style='text-align:left;padding-right:1em'>{c}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{cell(r[c])}</td>"
-                                    for c in COLUMNS) + "</tr>" for r in rows)
+    columns = [*COLUMNS, "mean_logprob"] if any("mean_logprob" in r for r in rows) else list(COLUMNS)
+    head = "".join(f"<th style='text-align:left;padding-right:1em'>{c}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{cell(r.get(c))}</td>"
+                                    for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class CompareView(widgets.VBox):
     """Columns of streaming replies, then ``table`` (HTML) and ``rows`` (dicts, one per variant)."""
 
-    def __init__(self, variants: dict[str, ServeConfig]) -> None:
+    def __init__(self, variants: dict[str, ServeConfig], scorer: Scorer | None = None) -> None:
         self.variants = dict(variants)
+        self.scorer = scorer
         self.previews: dict[str, StreamPreview] = {}
         self.errors: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
@@ -55,16 +75,15 @@ class CompareView(widgets.VBox):
         self.task: asyncio.Task[list[dict[str, Any]]] | None = None
 
     @classmethod
-    def start(cls, submit: Submit, variants: dict[str, ServeConfig], message: Any) -> CompareView:
+    def start(cls, submit: Submit, variants: dict[str, ServeConfig], message: Any, *,
+              scorer: Scorer | None = None) -> CompareView:
         if not variants:
             raise ChatStreamLabError("compare() needs at least one variant: {name: template_or_params}")
-        view = cls(variants)
+        view = cls(variants, scorer)
         columns = []
         for name, config in variants.items():
-            title = (f"<b>{escape(name)}</b><br><small>{escape(config.template_name)} · "
-                     f"<code>{config.config_id}</code></small>")
-            preview = StreamPreview(title, layout=widgets.Layout(flex="1 1 0", min_width="12em",
-                                                                  margin="0 6px"))
+            preview = StreamPreview(column_title(name, config),
+                                    layout=widgets.Layout(flex="1 1 0", min_width="12em", margin="0 6px"))
             try:
                 stream = submit(message, config)
             except ChatStreamLabError as exc:  # e.g. QueueFull: more variants than limit + queue
@@ -87,6 +106,13 @@ class CompareView(widgets.VBox):
         for name, preview in self.previews.items():
             fin = await preview.wait() if preview.stream is not None else None
             rows.append(_row(name, self.variants[name], fin, self.errors.get(name)))
+        if self.scorer is not None:
+            loop = asyncio.get_running_loop()
+            for row, config in zip(rows, self.variants.values()):
+                try:
+                    row["mean_logprob"] = await loop.run_in_executor(None, self.scorer, config)
+                except ChatStreamLabError as exc:
+                    row["mean_logprob"] = f"not scored: {exc}"
         self.rows = rows
         self.table.value = table_html(rows)
         return rows

@@ -33,6 +33,10 @@ _SLIDERS = {  # name -> (widget class, min, max, step)
 }
 
 
+# wide enough for "repetition_penalty" in JupyterLab's font (9em cut it to "repetition_pena…")
+SLIDER_LABEL_WIDTH = "12em"
+
+
 def _area(description: str, value: str = "", rows: int = 2) -> widgets.Textarea:
     return widgets.Textarea(value=value, description=description, rows=rows,
                             style={"description_width": "9em"}, layout=widgets.Layout(width="98%"))
@@ -81,7 +85,8 @@ class Playground(widgets.VBox):
         self.system_prompt = _area("system prompt", system_prompt_of(current_template) or "", rows=2)
         p = current().params
         self.sliders = {name: cls(value=getattr(p, name), min=lo, max=hi, step=step, description=name,
-                                  continuous_update=False, style={"description_width": "9em"})
+                                  continuous_update=False, style={"description_width": SLIDER_LABEL_WIDTH},
+                                  layout=widgets.Layout(width="100%"))
                         for name, (cls, lo, hi, step) in _SLIDERS.items()}
         self.message = widgets.Text(value=message, description="message", style={"description_width": "9em"},
                                     layout=widgets.Layout(width="98%"))

@@ -13,7 +13,7 @@ from . import presets
 from .base import ChatTemplate, Segment
 from .chat_prompt import AbstractChatPrompt, ChatContent, ChatPrompt
 from .declarative import DeclarativeTemplate
-from .encode import EncodedPrompt, as_messages, encode_chat_prompt, encode_messages
+from .encode import EncodedPrompt, as_messages, encode_chat_prompt, encode_messages, encode_reply
 from .fingerprint import fingerprint
 from .history import truncate_messages
 from .inspect import PromptInspection, inspect_prompt
@@ -36,6 +36,7 @@ __all__ = [
     "base_template",
     "encode_chat_prompt",
     "encode_messages",
+    "encode_reply",
     "fingerprint",
     "inspect_prompt",
     "presets",

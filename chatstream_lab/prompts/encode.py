@@ -72,3 +72,11 @@ def encode_chat_prompt(prompt: Any, template: Any, tokenizer: Any) -> EncodedPro
     hook = getattr(prompt, "get_replacement_when_output", None)
     pairs = (hook() if callable(hook) else None) or ()
     return EncodedPrompt(tuple(ids), stops, tuple((str(a), str(b)) for a, b in pairs))
+
+
+def encode_reply(tokenizer: Any, text: str) -> tuple[int, ...]:
+    """The ids of an assistant reply as the model would emit them after the generation prefix
+    (no BOS/EOS, special-token strings in ``text`` kept as text): what ``score()`` scores."""
+    from .base import _call_encode
+
+    return tuple(int(i) for i in _call_encode(tokenizer, text, split_special=True))

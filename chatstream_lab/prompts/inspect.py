@@ -14,6 +14,7 @@ from typing import Any
 
 from .base import check_messages, control_tokens, template_name
 from .declarative import DeclarativeTemplate
+from .pieces import is_byte_level, piece_text, visible
 from .resolve import resolve_template
 
 _MAX_SANE_CONTEXT = 10_000_000  # tokenizers report 1e30 when they do not know
@@ -29,6 +30,7 @@ class PromptInspection:
     warnings: tuple[str, ...] = ()
     template: str = ""
     context_window: int | None = None
+    shown: tuple[str, ...] = ()  # the pieces as chips show them: ``␣the``, ``↵`` (not ``Ġthe``, ``Ċ``)
 
     @property
     def num_tokens(self) -> int:
@@ -39,7 +41,7 @@ class PromptInspection:
             f'<span title="{tid}" style="display:inline-block;margin:1px;padding:0 3px;'
             f'border-radius:3px;background:{"#e8f0fe" if i % 2 else "#fde8e8"};font-family:monospace;'
             f'white-space:pre">{html.escape(piece)}</span>'
-            for i, (tid, piece) in enumerate(zip(self.token_ids, self.pieces)))
+            for i, (tid, piece) in enumerate(zip(self.token_ids, self.shown or self.pieces)))
         warns = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
         window = f" / {self.context_window}" if self.context_window else ""
         return (
@@ -113,6 +115,9 @@ def inspect_prompt(template: Any, tokenizer: Any, messages: Sequence[dict[str, A
             warnings.append(f"messages[{i}] ({m['role']}) contains control token(s) {typed}; encode() "
                             "tokenizes them as plain text, so they cannot start or end a turn")
 
-    return PromptInspection(text=text, token_ids=tuple(ids), pieces=tuple(_pieces(tokenizer, ids)),
+    pieces = tuple(_pieces(tokenizer, ids))
+    byte_level = is_byte_level(tokenizer)
+    return PromptInspection(text=text, token_ids=tuple(ids), pieces=pieces,
                             warnings=tuple(warnings), template=template_name(tmpl),
-                            context_window=context_window)
+                            context_window=context_window,
+                            shown=tuple(visible(piece_text(p, byte_level)) for p in pieces))

@@ -15,8 +15,9 @@ Routes (each a few lines over the facade):
 ``GET  /``                     the web chat page
 =============================  ==========================================================
 
-Middleware, outermost first: CORS (only if origins are given; never ``*`` with credentials),
-bearer auth (only if a token is given), sessions.
+Middleware, outermost first: the error shield (any escaped exception -> JSON 500 with an error
+id), CORS (only if origins are given; never ``*`` with credentials), bearer auth (only if a token
+is given), the Host / cross-site guard, the request-body limit, sessions.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from ..service import Service
 from . import openai_routes, web
 from .auth import BearerAuthMiddleware
 from .chatstream import ChatStream
-from .errors import install_handlers
+from .errors import ErrorShieldMiddleware, install_handlers
 from .framing import MESSAGE_ID_HEADER
 
 
 def create_app(served: ChatStream | Service | None = None, *, token: str | None = None,
-               cors_origins: Sequence[str] = (), web_ui: bool = True, openai_api: bool = True,
+               cors_origins: Sequence[str] = (), allowed_hosts: Sequence[str] | None = None,
+               web_ui: bool = True, openai_api: bool = True,
                close_on_shutdown: bool | None = None, title: str = "chatstream_lab",
                **chat_stream_options: Any) -> FastAPI:
     """Build the app for a :class:`ChatStream`, a :class:`~chatstream_lab.service.Service`, or
@@ -50,7 +52,11 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
             default session settings is made over it); made from ``chat_stream_options`` when None.
         token: require ``Authorization: Bearer <token>`` on every route but ``/health`` and the page.
         cors_origins: origins allowed to call the API from a browser (credentials allowed unless
-            ``"*"`` is among them, in which case credentials are not allowed).
+            ``"*"`` is among them, in which case credentials are not allowed); they may also write
+            cross-origin.
+        allowed_hosts: ``Host`` names accepted besides loopback ones (``"*.example.org"``, ``"*"``);
+            None: requests that arrive on loopback must name a loopback host, others are not
+            checked (``server/guard.py``).
         web_ui / openai_api: include the chat page / the ``/v1`` routes.
         close_on_shutdown: close the engine when the app shuts down (default: when this call made
             the ChatStream).
@@ -85,13 +91,13 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
     app.state.service = service
     install_handlers(app)
     _add_seed_routes(app, cs)
-    _add_ops_routes(app, service)
+    _add_ops_routes(app, cs)
     if openai_api:
         app.include_router(openai_routes.make_router(service))
     if web_ui:
         app.include_router(web.make_router())
 
-    cs.append_middlewares(app)
+    cs.append_middlewares(app, allowed_hosts=allowed_hosts, allowed_origins=cors_origins)
     if token:
         app.add_middleware(BearerAuthMiddleware, token=token)
     if cors_origins:
@@ -100,6 +106,7 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
                            allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Accept"],
                            expose_headers=[MESSAGE_ID_HEADER, "Retry-After"])
+    app.add_middleware(ErrorShieldMiddleware)
     return app
 
 
@@ -133,7 +140,9 @@ def _add_seed_routes(app: FastAPI, cs: ChatStream) -> None:
         return await cs.handle_get_load_request(request)
 
 
-def _add_ops_routes(app: FastAPI, service: Service) -> None:
+def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
+    service = cs.service
+
     @app.get("/health")
     async def health() -> JSONResponse:
         """200 while the generator can serve, 503 when it cannot (for a load balancer)."""
@@ -148,7 +157,10 @@ def _add_ops_routes(app: FastAPI, service: Service) -> None:
         return JSONResponse({**snap.as_dict(with_history=history), "model": service.model.name,
                              "backend": str(getattr(service.model, "backend", "torch")),
                              "limit": limits.num_of_concurrent_executions,
-                             "max_queue_size": limits.max_queue_size})
+                             "max_queue_size": limits.max_queue_size,
+                             "sessions": {**cs.sessions.usage(), "feedback_records": len(cs.feedback),
+                                          "feedback_chars": cs.feedback.chars},
+                             "request_limits": service.request_limits.as_dict()})
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -15,23 +15,27 @@ starts nothing: the engine thread starts on the first request (or :meth:`start`)
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..config import Limits, SamplingParams, ServeConfig
+from ..config import Limits, RequestLimits, SamplingParams, ServeConfig
 from ..errors import ChatStreamLabError, ConfigError
 from ..prompts import encode_chat_prompt
 from ..service import Service
 from ..sessions import SessionStore, Turn
 from ..types import Finished
 from . import conversation
+from .body_limit import BodyLimitMiddleware
 from .errors import BadRequest, error_response
+from .feedback import FeedbackLog
 from .framing import MESSAGE_ID_HEADER, Framing, make_encoder
+from .guard import RequestGuardMiddleware
 from .requests import generation_param_changes, parse_chat_stream, parse_json_object
 from .session_cookie import CookieSettings, LazySessionHandle, SessionCookies, SessionMiddleware, is_https
 from .streaming import EventStreamResponse, Outcome
@@ -62,8 +66,10 @@ class ChatStream:
         max_new_tokens, temperature, top_k, top_p, repetition_penalty: session defaults.
         session_secret: signs session cookies; random per launch when None.
         cookie: cookie name / SameSite / Secure settings.
-        max_input_chars: longest accepted user message.
-        session_ttl_s, max_sessions, max_history_turns: session store bounds.
+        max_input_chars: longest accepted user message (default: ``request_limits``' 8000).
+        request_limits: bounds on one HTTP request (body size, JSON depth, stop lists, messages,
+            feedback size; :class:`~chatstream_lab.config.RequestLimits`).
+        session_ttl_s, max_sessions, max_history_turns, max_session_chars: session store bounds.
         feedback_sink: receives each ``/set_feedback`` record (sync or async callable).
         service: serve an already-built :class:`~chatstream_lab.service.Service` (e.g. a notebook
             Lab's: same engine, gate and numbers); model, template, limits and sampling options
@@ -83,8 +89,10 @@ class ChatStream:
                  template: Any = None, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  max_new_tokens: int = 256, temperature: float = 0.3, top_k: int = 0, top_p: float = 0.9,
                  repetition_penalty: float = 1.0, session_secret: str | bytes | None = None,
-                 cookie: CookieSettings | None = None, max_input_chars: int = 8000,
+                 cookie: CookieSettings | None = None, max_input_chars: int | None = None,
+                 request_limits: RequestLimits | None = None,
                  session_ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
+                 max_session_chars: int = 100_000,
                  feedback_sink: FeedbackSink | None = None, service: Service | None = None,
                  use_mock_response: bool = False, params: SamplingParams | None = None,
                  **seed_options: Any) -> None:
@@ -99,14 +107,17 @@ class ChatStream:
                                                 top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
             service = Service.build(loaded, config=ServeConfig(loaded.name, resolved, defaults),
                                     limits=Limits(num_of_concurrent_executions, max_queue_size),
-                                    max_input_chars=max_input_chars)
+                                    max_input_chars=max_input_chars, request_limits=request_limits)
+        elif request_limits is not None or max_input_chars is not None:
+            raise ConfigError("with service=, the request limits are the service's "
+                              "(Service.build(request_limits=...))", name="request_limits")
         self.service = service
         self.sessions = SessionStore(conversation.prompt_factory(chat_prompt_clazz, service.template),
                                      service.default_params, ttl_s=session_ttl_s, max_sessions=max_sessions,
-                                     max_history_turns=max_history_turns)
+                                     max_history_turns=max_history_turns, max_session_chars=max_session_chars)
         self.cookies = SessionCookies(session_secret, cookie)
         self.feedback_sink = feedback_sink
-        self.feedback: list[dict[str, Any]] = []  # kept when no sink is given (bounded)
+        self.feedback = FeedbackLog()  # kept when no sink is given (bounded in records and size)
 
     # -- what is served (the service's) -----------------------------------------------------------
     @property
@@ -141,6 +152,10 @@ class ChatStream:
     def max_input_chars(self) -> int:
         return self.service.max_input_chars
 
+    @property
+    def request_limits(self) -> RequestLimits:
+        return self.service.request_limits
+
     # -- lifecycle ----------------------------------------------------------------------------
     @property
     def engine(self) -> Any:
@@ -162,9 +177,14 @@ class ChatStream:
         """
         self.service.close()
 
-    def append_middlewares(self, app: Any) -> None:
-        """Add the session middleware (seed name) so every route sees ``request.state.session``."""
+    def append_middlewares(self, app: Any, *, allowed_hosts: Sequence[str] | None = None,
+                           allowed_origins: Sequence[str] = ()) -> None:
+        """Add the session middleware (seed name) so every route sees ``request.state.session``,
+        inside the request-body limit and the Host / cross-site guard (``server/guard.py``)."""
         app.add_middleware(SessionMiddleware, store=self.sessions, cookies=self.cookies)
+        app.add_middleware(BodyLimitMiddleware, max_body_bytes=self.request_limits.max_body_bytes)
+        app.add_middleware(RequestGuardMiddleware, allowed_hosts=allowed_hosts,
+                           allowed_origins=tuple(allowed_origins))
 
     # -- sessions -------------------------------------------------------------------------------
     def session_of(self, request: Request) -> LazySessionHandle:
@@ -202,15 +222,14 @@ class ChatStream:
         turn: Turn | None = None
         try:
             raw = request_body if request_body is not None else await request.body()
-            body = parse_chat_stream(parse_json_object(raw), max_input_chars=self.max_input_chars)
+            body = parse_chat_stream(parse_json_object(raw, self.request_limits),
+                                     max_input_chars=self.max_input_chars)
             turn = self.sessions.begin_turn(handle.session_id, body.user_input, regenerate=body.regenerate)
             encoded = encode_chat_prompt(turn.prompt, self.template, self.model.tokenizer)
             stream = self.service.submit_encoded(encoded, turn.params, session_key=handle.session_id)
         except Exception as exc:
             if turn is not None:
                 self.sessions.finish_turn(turn, None)
-            if not isinstance(exc, ChatStreamLabError):
-                log.exception("error before streaming")
             await _fire(callback, request, Outcome.UNKNOWN_ERROR_OCCURRED)
             return self._with_cookie(request, error_response(exc))
 
@@ -230,14 +249,15 @@ class ChatStream:
     # -- the other seed endpoints ------------------------------------------------------------------
     async def handle_clear_context_request(self, request: Request, request_body: Any = None,
                                            callback: Any = None) -> Response:
-        handle = self.session_of(request)
-        self.sessions.clear(handle.session_id)
+        sid = self.session_of(request).existing()
+        if sid is not None:  # no session: nothing to clear, and none is made for it
+            self.sessions.clear(sid)
         return self._with_cookie(request, JSONResponse(
             {"success": True, "message": "Context successfully cleared"}))
 
     async def handle_get_prompt_request(self, request: Request) -> Response:
-        handle = self.session_of(request)
-        prompt = self.sessions.require(handle.session_id).prompt
+        session = self._existing_session(request)
+        prompt = session.prompt if session is not None else self.sessions.blank_prompt()
         return self._with_cookie(request, JSONResponse({
             "success": True, "message": "success",
             "prompt": conversation.prompt_text(prompt),
@@ -245,14 +265,15 @@ class ChatStream:
         }))
 
     async def handle_get_generation_params_request(self, request: Request) -> Response:
-        handle = self.session_of(request)
-        params = self.sessions.params(handle.session_id)
+        session = self._existing_session(request)
+        params = session.params if session is not None else self.sessions.default_params
         return self._with_cookie(request, JSONResponse(
             {"success": True, "message": "success", "generation_params": params.as_dict()}))
 
     async def handle_set_generation_params_request(self, request: Request) -> Response:
         try:
-            changes = generation_param_changes(parse_json_object(await request.body()))
+            changes = generation_param_changes(parse_json_object(await request.body(), self.request_limits),
+                                               self.request_limits)
             handle = self.session_of(request)
             params = self.sessions.set_params(handle.session_id, **changes)
         except ChatStreamLabError as exc:
@@ -262,16 +283,16 @@ class ChatStream:
 
     async def handle_set_feedback_request(self, request: Request) -> Response:
         try:
-            data = parse_json_object(await request.body())
+            data = parse_json_object(await request.body(), self.request_limits)
             message_id = data.get("message_id")
             is_like = data.get("is_like")
             if not isinstance(message_id, str) or not message_id:
                 raise BadRequest("message_id must be a non-empty string", param="message_id")
             if is_like is not None and not isinstance(is_like, bool):
                 raise BadRequest("is_like must be a boolean", param="is_like")
-            handle = self.session_of(request)
-            session = self.sessions.require(handle.session_id)
-            known = session.message_ids
+            _check_form_data(data.get("form_data"), self.request_limits)
+            session = self._existing_session(request)
+            known = session.message_ids if session is not None else {}
             if message_id not in known:
                 raise BadRequest(f"unknown message_id {message_id!r} for this session",
                                  param="message_id", status=404)
@@ -284,10 +305,14 @@ class ChatStream:
             return self._with_cookie(request, error_response(exc))
         return self._with_cookie(request, JSONResponse({"success": True, "message": "feedback received"}))
 
+    def _existing_session(self, request: Request) -> Any:
+        """The request's live session, or None (read-only routes never create one)."""
+        sid = self.session_of(request).existing()
+        return None if sid is None else self.sessions.get(sid)
+
     async def _deliver_feedback(self, record: dict[str, Any]) -> None:
         if self.feedback_sink is None:
             self.feedback.append(record)
-            del self.feedback[:-1000]
             return
         result = self.feedback_sink(record)
         if inspect.isawaitable(result):
@@ -311,6 +336,13 @@ class ChatStream:
         return (f"<ChatStream model={self.model.name!r} config_id={self.config_id} "
                 f"running={load['running']}/{load['limit']} "
                 f"queued={load['queued']}/{load['max_queue_size']}>")
+
+
+def _check_form_data(form_data: Any, limits: RequestLimits) -> None:
+    size = len(json.dumps(form_data, ensure_ascii=False))
+    if size > limits.max_feedback_bytes:
+        raise BadRequest(f"form_data is {size} characters as JSON; the limit is {limits.max_feedback_bytes} "
+                         "(max_feedback_bytes)", param="form_data", status=413)
 
 
 async def _fire(callback: Callback | None, request: Request, outcome: Outcome) -> None:

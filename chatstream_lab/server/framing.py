@@ -19,6 +19,7 @@ from typing import Any
 
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent
 from .errors import public_generation_error
+from .logprobs_wire import chat_content
 
 SEED_DELIMITER = "<::EOS::>"
 # The record that ends a seed-framed body whose generation failed: ``<::ERROR::>message<::EOS::>``
@@ -84,6 +85,9 @@ class SSEEncoder:
         if isinstance(event, Queued):
             return sse_event("queued", {"position": event.position})
         if isinstance(event, Delta):
+            if event.logprobs:  # asked for (generation param logprobs): OpenAI's entries + token_id
+                return sse_event("delta", {"text": event.text,
+                                           "logprobs": chat_content(event.logprobs, with_ids=True)})
             return sse_event("delta", {"text": event.text}) if event.text else None
         if isinstance(event, Finished):
             if event.finish_reason is FinishReason.ERROR:

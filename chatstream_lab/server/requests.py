@@ -10,12 +10,18 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import SamplingParams
+from ..config import RequestLimits, SamplingParams, is_valid_unicode
 from ..errors import InvalidParameter
 from .errors import BadRequest
 
+_DEFAULT_LIMITS = RequestLimits()
+
 # the seed's /set_generation_params names -> ours
 SEED_PARAM_ALIASES = {"top_k_value": "top_k", "top_p_value": "top_p"}
+
+
+class InvalidJSON(BadRequest):
+    """The body is empty, not JSON, or not a JSON object."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,19 +32,75 @@ class ChatStreamRequest:
     regenerate: bool
 
 
-def parse_json_object(raw: bytes | str | dict[str, Any] | None) -> dict[str, Any]:
-    """The body as a JSON object (a dict is passed through, for callers that parsed it already)."""
-    if isinstance(raw, dict):
-        return raw
-    if raw is None or (isinstance(raw, (bytes, str)) and not raw.strip()):
-        raise BadRequest("the request body is empty; send a JSON object")
+def parse_json_object(raw: bytes | str | dict[str, Any] | None,
+                      limits: RequestLimits = _DEFAULT_LIMITS) -> dict[str, Any]:
+    """The body as a JSON object, no deeper than ``limits.max_json_depth`` and holding only valid
+    Unicode (a dict is checked the same way, for callers that parsed it already). Every route
+    reads its body through here, so no route sees a lone surrogate or a 100k-deep document."""
+    if not isinstance(raw, dict):
+        raw = _decode_json(raw)
+    check_json_tree(raw, limits.max_json_depth)
+    return raw
+
+
+def _decode_json(raw: bytes | str | None) -> dict[str, Any]:
+    if raw is None or not raw.strip():
+        raise InvalidJSON("the request body is empty; send a JSON object")
     try:
         data = json.loads(raw)
+    except RecursionError as exc:  # the C decoder stops at the recursion limit: far too deep
+        raise BadRequest("the request body is nested too deeply") from exc
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
-        raise BadRequest(f"the request body must be a JSON object, got {type(data).__name__}")
+        raise InvalidJSON(f"the request body must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def check_json_tree(data: dict[str, Any], max_depth: int) -> None:
+    """400 (naming the top-level field) for nesting deeper than ``max_depth`` or a string (key or
+    value) with a lone surrogate. Iterative, so any depth handed in is safe to walk."""
+    todo: list[tuple[Any, int, str | None]] = [(data, 1, None)]
+    while todo:
+        value, depth, field_name = todo.pop()
+        if isinstance(value, str):
+            if not is_valid_unicode(value):
+                raise BadRequest(f"{field_name or 'a key'} holds invalid Unicode (a lone surrogate)",
+                                 param=field_name)
+            continue
+        if not isinstance(value, (dict, list)):
+            continue
+        if depth > max_depth:
+            raise BadRequest(f"the request body is nested deeper than {max_depth} levels "
+                             "(max_json_depth)", param=field_name)
+        if isinstance(value, dict):
+            for key, item in value.items():
+                name = field_name if field_name is not None else _printable(str(key))
+                todo.append((key, depth, name))
+                todo.append((item, depth + 1, name))
+        else:
+            todo.extend((item, depth + 1, field_name) for item in value)
+
+
+def _printable(name: str) -> str:
+    """A field name safe to echo in a JSON error (a lone surrogate in a key becomes ``\\udfff``)."""
+    return name if is_valid_unicode(name) else name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def check_stop(value: Any, limits: RequestLimits) -> Any:
+    """A ``stop`` value within the count and length bounds (its type is SamplingParams' to check);
+    the same check for every route that takes stop strings. A string is one stop string."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        return value
+    if len(items) > limits.max_stop_strings:
+        raise InvalidParameter(f"stop holds {len(items)} strings; the limit is {limits.max_stop_strings} "
+                               "(max_stop_strings)", name="stop")
+    longest = max((len(s) for s in items if isinstance(s, str)), default=0)
+    if longest > limits.max_stop_chars:
+        raise InvalidParameter(f"a stop string is {longest} characters; the limit is "
+                               f"{limits.max_stop_chars} (max_stop_chars)", name="stop")
+    return tuple(items) if isinstance(value, list) else value
 
 
 def parse_chat_stream(data: dict[str, Any], *, max_input_chars: int) -> ChatStreamRequest:
@@ -64,7 +126,8 @@ def parse_chat_stream(data: dict[str, Any], *, max_input_chars: int) -> ChatStre
     return ChatStreamRequest(user_input, False)
 
 
-def generation_param_changes(data: dict[str, Any]) -> dict[str, Any]:
+def generation_param_changes(data: dict[str, Any],
+                             limits: RequestLimits = _DEFAULT_LIMITS) -> dict[str, Any]:
     """``/set_generation_params`` body -> ``SamplingParams.replace`` kwargs (nulls are skipped)."""
     changes: dict[str, Any] = {}
     known = set(SamplingParams.field_names())
@@ -75,7 +138,7 @@ def generation_param_changes(data: dict[str, Any]) -> dict[str, Any]:
                                    name=key)
         if value is None:
             continue
-        if name == "stop" and isinstance(value, list):
-            value = tuple(value)
+        if name == "stop":
+            value = check_stop(value, limits)
         changes[name] = value
     return changes

@@ -6,18 +6,19 @@ its docs). ``Secure`` is on when asked for, or (``secure=None``, the default) ex
 request came over HTTPS; ``SameSite=None`` requires ``Secure``.
 
 Sessions are created lazily: a request that never calls ``get_session()`` (``/health``,
-``/metrics``, static assets) creates nothing and sets no cookie.
+``/metrics``, static assets) creates nothing and sets no cookie; read-only routes look the
+session up with :meth:`LazySessionHandle.existing`, which never creates one.
 """
 
 from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from typing import Literal
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import MutableHeaders
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ConfigError
@@ -78,16 +79,14 @@ class SessionCookies:
         return sid if isinstance(sid, str) else None
 
     def from_scope(self, scope: Scope) -> str | None:
+        """The session id in the request's cookies. Parsed with Starlette's lenient parser: the
+        stdlib's ``SimpleCookie`` drops *every* cookie of a header when one of them has a JSON,
+        space or quote value (``g_state={"i_l":0}``, common on localhost)."""
         for name, value in scope.get("headers", ()):
             if name == b"cookie":
-                jar: SimpleCookie = SimpleCookie()
-                try:
-                    jar.load(value.decode("latin-1"))
-                except Exception:
-                    continue
-                morsel = jar.get(self.settings.name)
-                if morsel is not None:
-                    return self.load(morsel.value)
+                found = cookie_parser(value.decode("latin-1")).get(self.settings.name)
+                if found is not None:
+                    return self.load(found)
         return None
 
     def set_cookie_value(self, session_id: str, *, https: bool) -> str:
@@ -123,6 +122,15 @@ class LazySessionHandle(SessionHandle):
     @property
     def resolved(self) -> bool:
         return self._sid is not None
+
+    def existing(self) -> SessionId | None:
+        """The id of the live session the cookie names, without creating one (read-only routes
+        use this, so cookieless requests never make or evict sessions)."""
+        if self._sid is not None:
+            return self._sid
+        if self._cookie_sid is None or self.store.get(self._cookie_sid) is None:
+            return None
+        return SessionId(self._cookie_sid)
 
     def get_session(self):  # type: ignore[no-untyped-def]
         _ = self.session_id

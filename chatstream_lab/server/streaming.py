@@ -165,14 +165,18 @@ async def watch_disconnect(receive: Receive, on_disconnect: Callable[[], None]) 
                 return
 
 
-async def collect_final(stream: CancellableStream, receive: Receive) -> Finished | None:
+async def collect_final(stream: CancellableStream, receive: Receive,
+                        on_delta: Callable[[Delta], object] | None = None) -> Finished | None:
     """Wait for the final event of a response that is not streamed, cancelling the generation
-    if the client goes away meanwhile (same watcher as :class:`EventStreamResponse`)."""
+    if the client goes away meanwhile (same watcher as :class:`EventStreamResponse`);
+    ``on_delta`` sees every delta on the way (to collect logprobs)."""
     watcher = asyncio.ensure_future(watch_disconnect(receive, stream.cancel))
     try:
         async for event in stream:
             if isinstance(event, Finished):
                 return event
+            if on_delta is not None and isinstance(event, Delta):
+                on_delta(event)
         return None
     finally:
         watcher.cancel()

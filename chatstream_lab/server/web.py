@@ -18,7 +18,9 @@ _ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; c
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
         "frame-ancestors 'self'; base-uri 'none'; form-action 'self'")
 _HEADERS = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"}
+            # same-origin, not no-referrer: under no-referrer a browser sends ``Origin: null`` on
+            # the page's own POSTs, which the cross-site guard (guard.py) cannot tell from a foreign one
+            "Referrer-Policy": "same-origin", "Cache-Control": "no-cache"}
 
 
 def make_router() -> APIRouter:

@@ -11,7 +11,11 @@ Invariants:
   (cancelled while queued, model error) leaves the history exactly as it was;
 * a cancelled turn that produced text is kept with its partial reply (the user saw it);
 * bounded: idle sessions expire after ``ttl_s``, at most ``max_sessions`` live (least recently
-  used idle ones are evicted), and history is trimmed to ``max_history_turns`` user turns.
+  used idle ones are evicted), and history is trimmed to ``max_history_turns`` user turns and to
+  ``max_session_chars`` characters of messages (oldest turns first), so the store never holds more
+  than ``max_sessions * max_session_chars`` characters of conversation (:meth:`SessionStore.usage`);
+* only callers that need a session create one (:meth:`SessionStore.get_or_create`); lookups
+  (:meth:`SessionStore.get`) never do, so read-only traffic cannot evict anyone.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Session:
     message_ids: OrderedDict[str, str] = field(default_factory=OrderedDict)  # id -> reply (bounded)
     busy: bool = False
     epoch: int = 0  # bumped by clear(); a turn begun in an older epoch is not committed
+    chars: int = 0  # message characters held (conversation + remembered replies), see usage()
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,6 +84,8 @@ class SessionStore:
         ttl_s: idle time after which a session is dropped.
         max_sessions: live sessions kept; beyond it the least recently used idle one goes.
         max_history_turns: user turns kept per conversation (oldest dropped first).
+        max_session_chars: message characters kept per session (oldest turns dropped first; the
+            newest turn is always kept whole).
         clock: monotonic seconds; injectable for tests.
 
     Example::
@@ -94,9 +101,9 @@ class SessionStore:
 
     def __init__(self, new_prompt: Callable[[], Any], default_params: SamplingParams | None = None, *,
                  ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_session_chars: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         for name, value in (("ttl_s", ttl_s), ("max_sessions", max_sessions),
-                            ("max_history_turns", max_history_turns)):
+                            ("max_history_turns", max_history_turns), ("max_session_chars", max_session_chars)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}", name=name)
         self._new_prompt = new_prompt
@@ -104,6 +111,7 @@ class SessionStore:
         self.ttl_s = float(ttl_s)
         self.max_sessions = int(max_sessions)
         self.max_history_turns = int(max_history_turns)
+        self.max_session_chars = int(max_session_chars)
         self._clock = clock
         self._lock = threading.RLock()
         self._sessions: OrderedDict[SessionId, Session] = OrderedDict()  # LRU order
@@ -126,8 +134,20 @@ class SessionStore:
         return self.create(), True
 
     def get(self, session_id: str) -> Session | None:
-        """The live session (touching it), or None if unknown or expired."""
+        """The live session (touching it), or None if unknown or expired. Never creates one."""
         return self._touch(SessionId(session_id))
+
+    def blank_prompt(self) -> Any:
+        """The conversation a new session would start with (not stored anywhere)."""
+        return self._new_prompt()
+
+    def usage(self) -> dict[str, int]:
+        """Sessions and message characters held now, and the bounds on both (for ``/stats``)."""
+        with self._lock:
+            return {"live": len(self._sessions), "busy": sum(s.busy for s in self._sessions.values()),
+                    "chars": sum(s.chars for s in self._sessions.values()),
+                    "max_sessions": self.max_sessions, "max_session_chars": self.max_session_chars,
+                    "max_total_chars": self.max_sessions * self.max_session_chars}
 
     def require(self, session_id: str) -> Session:
         session = self.get(session_id)
@@ -212,7 +232,21 @@ class SessionStore:
                 session.message_ids[message_id] = text
                 while len(session.message_ids) > _MAX_MESSAGE_IDS:
                     session.message_ids.popitem(last=False)
+            self._fit(session)
             return True
+
+    def _fit(self, session: Session) -> None:
+        """Trim ``session`` to ``max_session_chars`` (oldest turns, then oldest remembered replies)
+        and record its size."""
+        chars = _trim_to_chars(session.prompt, self.max_session_chars)
+        shown = {getattr(c, "message_id", None) for c in getattr(session.prompt, "chat_contents", None) or ()}
+        extra = [mid for mid in session.message_ids if mid not in shown]  # replies no longer in the history
+        replies = sum(len(session.message_ids[mid]) for mid in extra)
+        for mid in extra:  # oldest first
+            if chars + replies <= self.max_session_chars:
+                break
+            replies -= len(session.message_ids.pop(mid))
+        session.chars = chars + replies
 
     # -- conversation and params ------------------------------------------------------------
     def clear(self, session_id: str) -> None:
@@ -222,12 +256,14 @@ class SessionStore:
             session = self.require(session_id)
             session.prompt = prompt
             session.epoch += 1
+            self._fit(session)
 
     def set_prompt(self, session_id: str, prompt: Any) -> None:
         with self._lock:
             session = self.require(session_id)
             session.prompt = prompt
             session.epoch += 1
+            self._fit(session)
 
     def params(self, session_id: str) -> SamplingParams:
         return self.require(session_id).params
@@ -376,3 +412,26 @@ def _trim(prompt: Any, max_turns: int) -> None:
     else:
         cut = len(contents)
     del contents[:cut]
+
+
+def _trim_to_chars(prompt: Any, max_chars: int) -> int:
+    """Drop the oldest turns (a user message and what follows it) while the messages hold more
+    than ``max_chars`` characters, keeping the newest turn; returns the characters left. A prompt
+    without ``chat_contents`` (a custom seed class) is measured by its rendered text, untrimmed."""
+    contents = getattr(prompt, "chat_contents", None)
+    if not isinstance(contents, list):
+        try:
+            return len(prompt.create_prompt())
+        except Exception:
+            return 0
+    sizes = [len(getattr(c, "message", None) or "") for c in contents]
+    total = sum(sizes)
+    starts = [i for i, c in enumerate(contents) if getattr(c, "role", None) == "user"]
+    head = cut = starts[0] if starts else len(contents)  # anything before the first turn stays
+    for start in starts[1:]:  # the newest turn stays, whatever its size
+        if total <= max_chars:
+            break
+        total -= sum(sizes[cut:start])
+        cut = start
+    del contents[head:cut]
+    return total

@@ -108,3 +108,18 @@ def test_backend_choice(openvino_model) -> None:
     with pytest.raises(ConfigError) as info:
         load_model(backend="tensorrt", progress=False)
     assert info.value.name == "backend"
+
+
+def test_logprobs_and_scoring_are_refused_with_the_fix(openvino_model) -> None:
+    engine = OpenVINOEngine(openvino_model)
+    with pytest.raises(InvalidParameter) as info:
+        engine.submit(_ids(openvino_model, "hi"), GREEDY.replace(logprobs=2))
+    assert info.value.name == "logprobs" and "backend='torch'" in str(info.value)
+    with pytest.raises(InvalidParameter, match="backend='torch'"):
+        engine.score([1, 2, 3], 1)
+    with pytest.raises(InvalidParameter, match="backend='torch'"):
+        csl.score(openvino_model, "hi", "Hello")
+    engine.close()
+    lab = csl.Lab(openvino_model)  # widgets do not ask OpenVINO for logprobs
+    assert lab._widget_config(lab.config).params.logprobs is None
+    lab.close()

@@ -102,3 +102,22 @@ def test_03_demo_endpoint():
     stopped = _text(_cell(nb, "port = ep.port"))
     assert "stopped: True" in stopped
     assert f"serving again on the same port: {url}" in stopped
+
+
+def test_04_token_probabilities():
+    nb = _run("04_token_probabilities.ipynb")
+    assert "application/vnd.jupyter.widget-view+json" in _mimes(_cell(nb, "preview = lab.preview(question)"))
+    tokens = _text(_cell(nb, "preview.tokens_panel.colour.value = True"))
+    assert "'Paris'" in tokens or "'␣Paris'" in tokens
+    assert re.search(r"next best: '.+' \d+%", tokens)
+    spans = int(re.search(r"coloured spans: (\d+)", tokens).group(1))
+    assert spans >= 5
+    branch = _text(_cell(nb, "preview.branch(i, alt.token_id)"))
+    before = re.search(r"before: (.*)", branch).group(1)
+    after = re.search(r"after: +(.*)", branch).group(1)
+    assert "Paris" in before and after != before
+    scores = _text(_cell(nb, "for template in"))
+    values = dict(re.findall(r"^(\S+).*mean logprob +(-?\d+\.\d+)", scores, re.M))
+    assert set(values) == {"model's", "chatml", "vicuna", "alpaca"}
+    assert all(float(v) < 0 for v in values.values()) and len(set(values.values())) > 1  # formats differ
+    assert re.search(r"Paris:-?\d\.\d\d", _text(_cell(nb, "csl.score(lab.model")))

@@ -13,6 +13,10 @@ def test_serve_parser_defaults_and_options():
     assert (args.model, args.template, args.port, args.num_of_concurrent_executions, args.max_queue_size,
             args.max_new_tokens, args.token) == ("m.gguf", "chatml", 0, 4, 0, 32, "t")
     assert args.func is cli._cmd_serve
+    assert args.allowed_host is None
+    args = cli.build_parser().parse_args(["serve", "--host", "0.0.0.0", "--allowed-host", "demo.example.org",
+                                          "--allowed-host", "*.lab.example"])
+    assert (args.host, args.allowed_host) == ("0.0.0.0", ["demo.example.org", "*.lab.example"])
 
 
 @pytest.mark.parametrize("argv", [[], ["serve", "--num-of-concurrent-executions", "0"],

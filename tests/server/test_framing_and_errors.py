@@ -76,11 +76,14 @@ def test_one_exception_mapping(exc, status, kind):
     assert (info.status, info.type) == (status, kind)
     resp = error_response(exc)
     body = json.loads(resp.body)
-    assert resp.status_code == status and set(body["error"]) == {"message", "type", "param"}
+    extra = {"error_id"} if status == 500 else set()  # OpenAI's shape, + the log's id for a 500
+    assert resp.status_code == status and set(body["error"]) == {"message", "type", "param", "code", *extra}
+    assert body["error"]["code"] == kind
     if status == 429:
         assert resp.headers["retry-after"] == "1"
     if status == 500:
         assert "secret" not in body["error"]["message"]
+        assert body["error"]["error_id"] in body["error"]["message"]
     if isinstance(exc, InvalidParameter):
         assert body["error"]["param"] == "top_p"
 

@@ -118,3 +118,42 @@ def test_chat_page_with_token_and_queue_full_error(browser):
         held.cancel()
         held.result(timeout=5)
         page.close()
+
+
+ATTACKER = """<!doctype html><title>attacker</title><script>
+const victim = "%s";
+Promise.allSettled([
+  fetch(victim + "/chat_stream", {method: "POST", mode: "no-cors", credentials: "include",
+        headers: {"Content-Type": "text/plain"}, body: JSON.stringify({user_input: "injected"})}),
+  fetch(victim + "/set_generation_params", {method: "POST", mode: "no-cors", credentials: "include",
+        headers: {"Content-Type": "text/plain"}, body: JSON.stringify({temperature: 2.0})}),
+  fetch(victim + "/clear_context", {method: "POST", mode: "no-cors", credentials: "include"}),
+]).then(() => { document.title = "sent"; });
+</script>"""
+
+
+def test_a_page_on_another_localhost_port_cannot_write_into_the_users_session(browser):
+    """Row 8 of issue 10: SameSite=Lax does not separate ports of one host (they are same-site), so
+    only the server's Origin / Sec-Fetch-Site / JSON checks stop these writes."""
+    from starlette.applications import Starlette
+    from starlette.responses import HTMLResponse
+    from starlette.routing import Route
+
+    cs = ChatStream(model=scripted_model(token_delay=0.001), template="chatml", max_new_tokens=32)
+    with serving(create_app(cs, close_on_shutdown=True)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.fill("#input", "mine")
+        page.click("#send")
+        wait_done(page)
+        attacker = Starlette(routes=[Route("/", lambda request: HTMLResponse(ATTACKER % url))])
+        with serving(attacker) as evil:
+            assert evil != url and evil.startswith("http://127.0.0.1:")
+            page.goto(evil + "/")
+            expect(page).to_have_title("sent", timeout=10_000)
+        cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+        history = httpx.get(url + "/get_prompt", cookies=cookies).json()["messages"]
+        assert [m["content"] for m in history][0] == "mine" and len(history) == 2
+        params = httpx.get(url + "/get_generation_params", cookies=cookies).json()["generation_params"]
+        assert params["temperature"] != 2.0
+        page.close()

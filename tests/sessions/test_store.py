@@ -191,3 +191,40 @@ def test_session_prompt_pickles():
     store.finish_turn(store.begin_turn(sid, "hi"), fin("yo"))
     clone = pickle.loads(pickle.dumps(store.require(sid).prompt))
     assert clone.to_messages() == history(store, sid)
+
+
+def test_session_chars_are_bounded_oldest_turns_first_and_the_newest_turn_is_kept():
+    store = make_store(max_session_chars=100)
+    sid = store.create()
+    for i in range(5):
+        store.finish_turn(store.begin_turn(sid, f"q{i} " + "a" * 30), fin(f"r{i} " + "b" * 10), message_id=f"m{i}")
+    kept = history(store, sid)
+    assert kept[-2]["content"].startswith("q4") and not any(m["content"].startswith("q0") for m in kept)
+    assert sum(len(m["content"]) for m in kept) <= 100
+    usage = store.usage()
+    assert usage["live"] == 1 and 0 < usage["chars"] <= 100 and usage["max_total_chars"] == 1000 * 100
+    # one turn bigger than the budget is kept whole (the user just saw it), the rest goes
+    store.finish_turn(store.begin_turn(sid, "x" * 300), fin("y"), message_id="big")
+    assert [m["content"] for m in history(store, sid)] == ["x" * 300, "y"]
+    assert store.require(sid).message_ids.keys() >= {"big"}
+    store.clear(sid)
+    assert store.usage()["chars"] == sum(len(t) for t in store.require(sid).message_ids.values()) <= 100
+
+
+def test_lookups_never_create_sessions():
+    store = make_store(max_sessions=2)
+    sid = store.create()
+    for _ in range(50):
+        assert store.get("unknown") is None
+    assert len(store) == 1 and sid in store
+
+
+def test_a_stop_string_with_a_lone_surrogate_is_refused_on_every_path():
+    with pytest.raises(InvalidParameter) as info:
+        SamplingParams(stop=("ok", "\ud800"))
+    assert info.value.name == "stop"
+    store = make_store()
+    sid = store.create()
+    with pytest.raises(InvalidParameter):
+        store.set_params(sid, stop=("\udfff",))
+    assert store.params(sid).stop == ()

@@ -211,7 +211,9 @@
   els.clear.addEventListener("click", async () => {
     if (controller) return;
     showError("");
-    const response = await fetch("clear_context", { method: "POST", headers: headers(), credentials: "same-origin" });
+    const response = await fetch("clear_context", {
+      method: "POST", headers: headers({ "Content-Type": "application/json" }), body: "{}", credentials: "same-origin",
+    });
     if (!response.ok) { showError(await errorMessage(response)); return; }
     els.messages.replaceChildren();
     setStatus("Cleared");

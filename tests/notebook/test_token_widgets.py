@@ -1,0 +1,107 @@
+"""Token probabilities in the widgets (colours, alternatives, branches) and the widget polish of
+issue 11, on the scripted model (its fake logprobs: the script's token ~0, runners-up ~-20)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import chatstream_lab as csl
+from chatstream_lab.notebook.compare import column_title
+from chatstream_lab.notebook.playground import SLIDER_LABEL_WIDTH
+from chatstream_lab.notebook.tokens import prob_colour, tokens_html
+from chatstream_lab.types import FinishReason, TokenLogprob, TopLogprob
+
+
+def branching_reply(prompt: str) -> str:
+    """The first reply is "Hello P world"; a continuation forced to "...Q" gets " rest"."""
+    return " rest" if prompt.endswith("Hello Q") else "Hello P world"
+
+
+async def test_preview_colours_tokens_and_shows_alternatives(make_lab):
+    lab = make_lab("Hi there\nyou")
+    preview = lab.preview("hello")
+    fin = await asyncio.wait_for(preview.wait(), 10)
+    assert fin.finish_reason is FinishReason.STOP and preview.text == "Hi there\nyou"
+    assert [t.text for t in preview.tokens] == list("Hi there\nyou")
+    assert all(len(t.top) == 5 for t in preview.tokens)  # Lab previews ask for the top 5
+    assert preview.tokens_panel.layout.display == "flex"
+    assert "csl-tok" not in preview.reply.value  # colours are off until toggled
+    preview.tokens_panel.colour.value = True
+    html = preview.reply.value
+    spans = re.findall(r"<span class='csl-tok'", html)
+    assert len(spans) == len(preview.tokens)
+    assert "title='&#x27;␣&#x27; 100.0% — top:" in html  # the space token, shown as a glyph
+    assert "↵" in html and "csl-alts" in html and prob_colour(0.0) in html
+    preview.tokens_panel.colour.value = False
+    assert "csl-tok" not in preview.reply.value
+
+
+async def test_preview_branches_from_an_alternative(make_lab):
+    lab = make_lab(branching_reply)
+    preview = lab.preview("hello")
+    await asyncio.wait_for(preview.wait(), 10)
+    assert preview.text == "Hello P world"
+    panel = preview.tokens_panel
+    assert panel.branch_row.layout.display == "flex"
+    panel.picker.value = 6  # the "P"
+    labels = [b.description for b in panel.buttons.children]
+    assert labels[0].startswith("'Q'")  # the scripted runner-up: the next byte
+    panel.buttons.children[0].click()
+    fin = await asyncio.wait_for(preview.wait(), 10)
+    assert preview.text == "Hello Q rest" == fin.text
+    assert preview.branches == ["Hello P world"]
+    assert [t.text for t in preview.tokens][:7] == list("Hello Q")
+    assert "branch 1: token 6 forced" in preview.header.value
+    assert preview.stop_button.layout.display == "none"  # a finished preview shows no Stop
+
+
+async def test_chat_colours_and_branches_the_last_reply(make_lab):
+    lab = make_lab(branching_reply)
+    chat = lab.chat()
+    await asyncio.wait_for(chat.send("hello"), 10)
+    assert chat.messages[-1]["content"] == "Hello P world" and len(chat.last_tokens) == 13
+    chat.tokens_panel.colour.value = True
+    assert chat.transcript.value.count("class='csl-tok'") == 13
+    await asyncio.wait_for(chat.branch(6, ord("Q")), 10)
+    assert [m["content"] for m in chat.messages] == ["hello", "Hello Q rest"]
+    assert chat.transcript.value.count("class='csl-tok'") == len("Hello Q rest")
+
+
+async def test_compare_scores_a_reference_per_template(make_lab):
+    lab = make_lab("Paris.")
+    view = lab.compare({"own template": None, "a very long template variant name indeed": "chatml"},
+                       "capital?", reference="Paris.")
+    rows = await asyncio.wait_for(view.wait(), 10)
+    assert all(isinstance(r["mean_logprob"], float) and r["mean_logprob"] > -1e-3 for r in rows)
+    assert "mean_logprob" in view.table.value
+
+
+def test_lab_score_is_csl_score(make_lab):
+    lab = make_lab("Paris.")
+    assert lab.score("capital?", "Paris.", top=2) == csl.score(lab.model, "capital?", "Paris.", top=2)
+    assert lab.score("capital?", "Rome.", template="chatml").mean_logprob < -10
+
+
+# -- polish --------------------------------------------------------------------------------------
+async def test_widget_layouts_keep_labels_whole(make_lab):
+    lab = make_lab()
+    preview = lab.preview("hello")
+    stop = preview.stop_button.layout
+    assert stop.min_width == "5.5em" and stop.flex == "0 0 auto"  # never shrinks to an icon and "…"
+    await asyncio.wait_for(preview.wait(), 10)
+    title = column_title("a very long template variant name indeed", lab.config)
+    assert title.count("white-space:nowrap") == 2 and "text-overflow:ellipsis" in title
+    assert "title='a very long template variant name indeed'" in title
+    pg = lab.playground()
+    slider = pg.sliders["repetition_penalty"]
+    assert slider.style.description_width == SLIDER_LABEL_WIDTH
+    assert float(SLIDER_LABEL_WIDTH.removesuffix("em")) >= 0.62 * len("repetition_penalty")
+    chips = pg.inspection_html.value
+    assert "Ġ" not in chips and "Ċ" not in chips
+
+
+def test_token_pieces_show_whitespace_glyphs():
+    t = TokenLogprob(1, " the\n", -0.1, (TopLogprob(2, " a", -2.0, b" a"),), b" the\n")
+    html = tokens_html([t])
+    assert "&#x27;␣the↵&#x27; 90.5%" in html and "&#x27;␣a&#x27; 13.5%" in html
