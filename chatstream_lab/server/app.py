@@ -76,6 +76,7 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.attach()  # served again after a stop
         yield
         if close_on_shutdown:
             cs.close()
@@ -83,6 +84,9 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.chat_stream = cs
     app.state.service = service
+    # called by BackgroundServer.stop() before uvicorn closes connections: refuse new generations
+    # and cancel the open ones, so every stream ends with its final event at once
+    app.state.begin_shutdown = service.detach
     install_handlers(app)
     _add_seed_routes(app, cs)
     _add_ops_routes(app, service)
