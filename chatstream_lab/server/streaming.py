@@ -8,8 +8,9 @@ by the HTTP layer. A request still queued when its client leaves is withdrawn by
 never runs.
 
 Invariant: ``on_done`` is awaited exactly once per response, on every path (success, disconnect
-before or during streaming, error, server shutdown), with the :class:`Outcome` and the final
-event (None if it never came).
+before or during streaming, error, server shutdown, a response that is never sent because the
+endpoint that made it raised), with the :class:`Outcome` and the final event (None if it never came
+or was not sent).
 """
 
 from __future__ import annotations
@@ -82,15 +83,23 @@ class EventStreamResponse(Response):
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **dict(headers or {})})
         self.closing = closing
         self._called = False
-        # Safety net: a response that is dropped without ever being sent (an exception in the
-        # user's endpoint after our call) must not keep a request queued forever.
+        # A response that is never sent (the user's endpoint raised after our call returned it)
+        # must still end its generation and have on_done awaited once: the request's task is
+        # watched, and when it ends with the response unsent, the response is abandoned. Without
+        # a task to watch, a finalizer cancels the generation when the response is dropped.
+        self._task = _current_task()
         self._finalizer = weakref.finalize(self, _abandon, stream, on_abandon)
+        if self._task is not None:
+            self._finalizer.detach()
+            self._task.add_done_callback(self._request_task_done)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._called:
             raise RuntimeError("an EventStreamResponse can be sent only once")
         self._called = True
         self._finalizer.detach()
+        if self._task is not None:
+            self._task.remove_done_callback(self._request_task_done)
         disconnected = asyncio.Event()
         watcher = asyncio.create_task(self._watch_disconnect(receive, disconnected))
         progress = _Progress()
@@ -124,6 +133,25 @@ class EventStreamResponse(Response):
                 await asyncio.wait([watcher], timeout=1.0)
         if self.background is not None:
             await self.background()
+
+    def _request_task_done(self, task: asyncio.Task[Any]) -> None:
+        """The request's task ended and this response was never sent: end its generation, and
+        await ``on_done(UNKNOWN_ERROR_OCCURRED, None)`` once (no result, so no turn committed)."""
+        if self._called:
+            return
+        self._called = True
+        self.stream.cancel()
+        try:
+            task.get_loop().create_task(self._abandoned())
+        except RuntimeError:  # the loop is closed: only the synchronous part can still run
+            _abandon(self.stream, None)
+
+    async def _abandoned(self) -> None:
+        if self.on_done is not None:
+            try:
+                await self.on_done(Outcome.UNKNOWN_ERROR_OCCURRED, None)
+            except Exception:
+                log.exception("on_done hook raised")
 
     async def _stream_all(self, send: Send, disconnected: asyncio.Event, progress: _Progress) -> None:
         try:
@@ -219,6 +247,13 @@ class _Progress:
     def synthetic_finish(self) -> Finished:
         """The final event when the engine's never came (it did not answer within the drain)."""
         return Finished(self.request_id, FinishReason.CANCELLED, self.text)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 def _uncancel_current_task() -> None:
