@@ -204,7 +204,10 @@ class ChatStream:
             raw = request_body if request_body is not None else await request.body()
             body = parse_chat_stream(parse_json_object(raw), max_input_chars=self.max_input_chars)
             turn = self.sessions.begin_turn(handle.session_id, body.user_input, regenerate=body.regenerate)
-            encoded = encode_chat_prompt(turn.prompt, self.template, self.model.tokenizer)
+            # a conversation that outgrew the window loses its oldest turns (committed with the reply)
+            encoded, dropped = conversation.fit_to_window(
+                turn.prompt, lambda p: encode_chat_prompt(p, self.template, self.model.tokenizer),
+                conversation.prompt_budget(self.model, turn.params.max_new_tokens))
             stream = self.service.submit_encoded(encoded, turn.params, session_key=handle.session_id)
         except Exception as exc:
             if turn is not None:
@@ -219,7 +222,7 @@ class ChatStream:
         sessions, the_turn = self.sessions, turn
 
         async def on_done(outcome: Outcome, finished: Finished | None) -> None:
-            sessions.finish_turn(the_turn, finished, message_id=message_id)
+            sessions.finish_turn(the_turn, finished, message_id=message_id, dropped_turns=dropped)
             await _fire(callback, request, outcome)
 
         headers = {MESSAGE_ID_HEADER: message_id, **self._cookie_headers(request, handle)}
@@ -237,11 +240,13 @@ class ChatStream:
 
     async def handle_get_prompt_request(self, request: Request) -> Response:
         handle = self.session_of(request)
-        prompt = self.sessions.require(handle.session_id).prompt
+        session = self.sessions.require(handle.session_id)
+        prompt = session.prompt
         return self._with_cookie(request, JSONResponse({
             "success": True, "message": "success",
             "prompt": conversation.prompt_text(prompt),
             "messages": conversation.messages_of(prompt),
+            "dropped_turns": session.dropped_turns,  # oldest turns trimmed to fit the window / the cap
         }))
 
     async def handle_get_generation_params_request(self, request: Request) -> Response:
