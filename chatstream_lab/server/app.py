@@ -15,8 +15,8 @@ Routes (each a few lines over the facade):
 ``GET  /``                     the web chat page
 =============================  ==========================================================
 
-Middleware, outermost first: CORS (only if origins are given; never ``*`` with credentials),
-bearer auth (only if a token is given), sessions.
+Middleware, outermost first: the body timeout (``timeouts.BodyTimeoutMiddleware``), CORS (only if
+origins are given; never ``*`` with credentials), bearer auth (only if a token is given), sessions.
 """
 
 from __future__ import annotations
@@ -36,12 +36,13 @@ from .auth import BearerAuthMiddleware
 from .chatstream import ChatStream
 from .errors import install_handlers
 from .framing import MESSAGE_ID_HEADER
+from .timeouts import DEFAULT_BODY_TIMEOUT_S, BodyTimeoutMiddleware
 
 
 def create_app(served: ChatStream | Service | None = None, *, token: str | None = None,
                cors_origins: Sequence[str] = (), web_ui: bool = True, openai_api: bool = True,
                close_on_shutdown: bool | None = None, title: str = "chatstream_lab",
-               **chat_stream_options: Any) -> FastAPI:
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, **chat_stream_options: Any) -> FastAPI:
     """Build the app for a :class:`ChatStream`, a :class:`~chatstream_lab.service.Service`, or
     ``ChatStream(**chat_stream_options)``.
 
@@ -54,6 +55,8 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
         web_ui / openai_api: include the chat page / the ``/v1`` routes.
         close_on_shutdown: close the engine when the app shuts down (default: when this call made
             the ChatStream).
+        body_timeout_s: a request body must arrive within this many seconds of the request
+            start, or it is answered 408 (slow-body clients).
 
     Example::
 
@@ -104,6 +107,8 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
                            allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Accept"],
                            expose_headers=[MESSAGE_ID_HEADER, "Retry-After"])
+    # outermost: slow bodies are cut before anything waits on them
+    app.add_middleware(BodyTimeoutMiddleware, body_timeout_s=body_timeout_s)
     return app
 
 

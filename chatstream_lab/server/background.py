@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from ..errors import ServerStartError
+from .timeouts import DEFAULT_HEADER_TIMEOUT_S, header_timeout_protocol
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class BackgroundServer:
             them (a backstop: ``on_stop`` normally ends every stream first).
         on_stop: called first in ``stop()`` to end the app's open streams; default
             ``app.state.begin_shutdown`` when the app has one.
+        header_timeout_s: a connection whose request head is not complete this long after it
+            opened (or after its previous response) is closed (slow-header clients).
+        uvicorn_options: passed to ``uvicorn.Config`` (e.g. ``timeout_keep_alive``, ``http``).
 
     Example::
 
@@ -63,7 +67,7 @@ class BackgroundServer:
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
                  graceful_timeout_s: float = 3.0, on_stop: Callable[[], object] | None = None,
-                 **uvicorn_options: Any) -> None:
+                 header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, **uvicorn_options: Any) -> None:
         self.app = app
         self.on_stop = on_stop
         self.host = host
@@ -71,7 +75,7 @@ class BackgroundServer:
         self.port: int | None = None
         self.log_level = log_level
         self.graceful_timeout_s = graceful_timeout_s
-        self.uvicorn_options = uvicorn_options
+        self.uvicorn_options = {"http": header_timeout_protocol(header_timeout_s), **uvicorn_options}
         self._server: _QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
