@@ -129,7 +129,9 @@ class Service:
                 resolved = with_system_prompt(resolved, system_prompt)
             config = ServeConfig(model.name, resolved, params or SamplingParams())
         machinery = _Machinery(model, limits or Limits(), engine_options, generator)
-        return cls(machinery, config, max_input_chars=max_input_chars, request_limits=request_limits)
+        # tracked, so a server stopping can end the streams it served (detach)
+        return cls(machinery, config, max_input_chars=max_input_chars, request_limits=request_limits,
+                   tracked=True)
 
     def with_config(self, config: ServeConfig, *, tracked: bool = False,
                     request_limits: RequestLimits | None = None) -> Service:
@@ -153,6 +155,11 @@ class Service:
             streams = list(self._streams or ())
         for stream in streams:
             stream.cancel()
+
+    def attach(self) -> None:
+        """Accept requests through this view again after :meth:`detach` (a server started again)."""
+        with self._streams_lock:
+            self._detached = False
 
     def open_streams(self) -> list[RequestStream]:
         """The unfinished streams submitted through this (tracked) view."""

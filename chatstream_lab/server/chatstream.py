@@ -225,7 +225,10 @@ class ChatStream:
             body = parse_chat_stream(parse_json_object(raw, self.request_limits),
                                      max_input_chars=self.max_input_chars)
             turn = self.sessions.begin_turn(handle.session_id, body.user_input, regenerate=body.regenerate)
-            encoded = encode_chat_prompt(turn.prompt, self.template, self.model.tokenizer)
+            # a conversation that outgrew the window loses its oldest turns (committed with the reply)
+            encoded, dropped = conversation.fit_to_window(
+                turn.prompt, lambda p: encode_chat_prompt(p, self.template, self.model.tokenizer),
+                conversation.prompt_budget(self.model, turn.params.max_new_tokens))
             stream = self.service.submit_encoded(encoded, turn.params, session_key=handle.session_id)
         except Exception as exc:
             if turn is not None:
@@ -238,7 +241,7 @@ class ChatStream:
         sessions, the_turn = self.sessions, turn
 
         async def on_done(outcome: Outcome, finished: Finished | None) -> None:
-            sessions.finish_turn(the_turn, finished, message_id=message_id)
+            sessions.finish_turn(the_turn, finished, message_id=message_id, dropped_turns=dropped)
             await _fire(callback, request, outcome)
 
         headers = {MESSAGE_ID_HEADER: message_id, **self._cookie_headers(request, handle)}
@@ -262,6 +265,8 @@ class ChatStream:
             "success": True, "message": "success",
             "prompt": conversation.prompt_text(prompt),
             "messages": conversation.messages_of(prompt),
+            # oldest turns trimmed to fit the window / the cap
+            "dropped_turns": session.dropped_turns if session is not None else 0,
         }))
 
     async def handle_get_generation_params_request(self, request: Request) -> Response:

@@ -14,6 +14,8 @@ Invariants:
   used idle ones are evicted), and history is trimmed to ``max_history_turns`` user turns and to
   ``max_session_chars`` characters of messages (oldest turns first), so the store never holds more
   than ``max_sessions * max_session_chars`` characters of conversation (:meth:`SessionStore.usage`);
+  the server also trims the oldest turns of a conversation that outgrew the context window, and each
+  session counts the turns it lost (``dropped_turns``, reset by :meth:`SessionStore.clear`);
 * only callers that need a session create one (:meth:`SessionStore.get_or_create`); lookups
   (:meth:`SessionStore.get`) never do, so read-only traffic cannot evict anyone.
 """
@@ -60,6 +62,7 @@ class Session:
     busy: bool = False
     epoch: int = 0  # bumped by clear(); a turn begun in an older epoch is not committed
     chars: int = 0  # message characters held (conversation + remembered replies), see usage()
+    dropped_turns: int = 0  # oldest user turns trimmed away since the last clear (window or cap)
 
 
 @dataclass(frozen=True, eq=False)
@@ -202,13 +205,16 @@ class SessionStore:
             return Turn(session.id, work, None if regenerate else user_input, regenerate,
                         session.params, session.epoch)
 
-    def finish_turn(self, turn: Turn, finished: Finished | None, *, message_id: str | None = None) -> bool:
+    def finish_turn(self, turn: Turn, finished: Finished | None, *, message_id: str | None = None,
+                    dropped_turns: int = 0) -> bool:
         """End ``turn`` (call it in ``finally``); idempotent. Returns True if history changed.
 
         The reply is committed when the turn produced text and did not fail (a cancelled turn
         keeps its partial text; a failed one is never taken as the assistant's turn). With no
         text, an error, or ``finished`` None, history stays as it was.
         ``message_id`` names the committed reply (for feedback); the last 64 are remembered.
+        ``dropped_turns``: user turns the caller trimmed from ``turn.prompt`` to fit the context
+        window; counted in :attr:`Session.dropped_turns` with those the turn cap drops.
         """
         with self._lock:
             if turn._done[0]:
@@ -226,7 +232,7 @@ class SessionStore:
                     not text and finished.finish_reason is FinishReason.CANCELLED):
                 return False
             _close_open_turn(turn.prompt, text, message_id)
-            _trim(turn.prompt, self.max_history_turns)
+            session.dropped_turns += dropped_turns + _trim(turn.prompt, self.max_history_turns)
             session.prompt = turn.prompt
             if message_id is not None:
                 session.message_ids[message_id] = text
@@ -256,6 +262,7 @@ class SessionStore:
             session = self.require(session_id)
             session.prompt = prompt
             session.epoch += 1
+            session.dropped_turns = 0
             self._fit(session)
 
     def set_prompt(self, session_id: str, prompt: Any) -> None:
@@ -396,12 +403,13 @@ def _close_open_turn(work: Any, text: str, message_id: str | None) -> None:
         work.set_responder_last_msg_id(message_id)
 
 
-def _trim(prompt: Any, max_turns: int) -> None:
-    """Drop the oldest turns so at most ``max_turns`` user messages remain (system message kept)."""
+def _trim(prompt: Any, max_turns: int) -> int:
+    """Drop the oldest turns so at most ``max_turns`` user messages remain (system message kept);
+    returns how many went."""
     contents = getattr(prompt, "chat_contents", None)
     if not isinstance(contents, list) or prompt.get_turn() <= max_turns:
-        return
-    excess = prompt.get_turn() - max_turns
+        return 0
+    excess = dropped = prompt.get_turn() - max_turns
     cut = 0
     for i, c in enumerate(contents):
         if c.role == "user":
@@ -412,6 +420,7 @@ def _trim(prompt: Any, max_turns: int) -> None:
     else:
         cut = len(contents)
     del contents[:cut]
+    return dropped
 
 
 def _trim_to_chars(prompt: Any, max_chars: int) -> int:
