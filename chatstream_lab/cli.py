@@ -41,6 +41,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--max-queue-size", type=_non_negative_int, default=5,
                    help="requests that may wait; more get HTTP 429 (default 5)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="reply length cap (default 256)")
+    p.add_argument("--session-kv-budget-mb", type=float, default=None, metavar="MB",
+                   help="memory for sessions' KV kept across turns, so a next turn prefills only what is "
+                        "new (default 512; 0 = off)")
     p.add_argument("--token", default=None,
                    help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
@@ -77,7 +80,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model = _remote(args) if args.upstream else load_model(args.model, device=args.device, dtype=args.dtype)
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
-                                 max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)
+                                 max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens,
+                                 session_kv_budget_mb=args.session_kv_budget_mb)
         app = create_app(chat_stream, token=args.token, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:

@@ -66,19 +66,25 @@ class Lab:
         num_of_concurrent_executions / max_queue_size: the admission limits, shared by previews and
             HTTP clients (``serve`` may change them while nothing runs).
         system_prompt: a system message for conversations that bring none.
+        session_kv_budget_mb: memory for the KV of a chat session's finished turns, so its next
+            turn prefills only the new part (None: the engine's default, 512; 0: off). Applies to
+            sessions of the served endpoint (cookie) and OpenAI requests that send ``user``.
         **params: :class:`~chatstream_lab.config.SamplingParams` fields (``temperature=0`` is greedy).
 
     Creating a Lab starts no thread; the engine starts on the first preview or request.
     """
 
     def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = 2,
-                 max_queue_size: int = 5, system_prompt: str | None = None, **params: Any) -> None:
+                 max_queue_size: int = 5, system_prompt: str | None = None,
+                 session_kv_budget_mb: float | None = None, **params: Any) -> None:
         limits = Limits(num_of_concurrent_executions, max_queue_size)  # validates, starts nothing
         self.model: LoadedModel = _load(model)
         self.config = ServeConfig(self.model.name, resolve_with_system(
             template, self.model.tokenizer, UNSET if system_prompt is None else system_prompt),
             SamplingParams().replace(**params))
-        self.service = Service.build(self.model, config=self.config, limits=limits)
+        engine_options: dict[str, Any] = ({} if session_kv_budget_mb is None
+                                          else {"session_kv_budget_mb": session_kv_budget_mb})
+        self.service = Service.build(self.model, config=self.config, limits=limits, **engine_options)
         self._endpoint: Endpoint | None = None
         self._lock = threading.RLock()
         self._closed = False

@@ -1,6 +1,9 @@
 """OpenAI-compatible routes: ``POST /v1/chat/completions`` (stream and not) and ``GET /v1/models``.
 
-Stateless: the conversation comes in ``messages``; sessions are not involved. Sampling fields map
+Stateless: the conversation comes in ``messages``; sessions are not involved. A request that
+sends OpenAI's ``user`` field is a session for the engine's KV reuse (``openai-user:<user>``): the
+next request of that user prefills only what its messages add after the longest common token
+prefix with that user's last request. Without ``user`` nothing is kept. Sampling fields map
 to :class:`~chatstream_lab.config.SamplingParams` (``max_tokens`` / ``max_completion_tokens`` ->
 ``max_new_tokens``; ``top_k``, ``min_p`` and ``repetition_penalty`` are accepted as extensions).
 A cancelled generation (client gone) is not reported; an engine error becomes an ``error`` object
@@ -57,6 +60,7 @@ class ChatCompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
+    user: str | None = Field(default=None, max_length=256)
 
 
 def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
@@ -167,7 +171,8 @@ def make_router(service: Service) -> APIRouter:
         try:
             params = to_params(req, service.default_params)
             messages = to_messages(req, service.max_input_chars)
-            stream = service.submit_encoded(service.encode(messages), params)
+            session_key = None if not req.user else f"openai-user:{req.user}"
+            stream = service.submit_encoded(service.encode(messages), params, session_key=session_key)
         except ChatStreamLabError as exc:
             return error_response(exc)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"

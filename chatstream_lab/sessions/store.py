@@ -17,6 +17,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import logging
 import secrets
 import threading
 import time
@@ -28,6 +29,8 @@ from typing import Any, NewType, Protocol
 from ..config import SamplingParams
 from ..errors import ConfigError, NothingToRegenerate, SessionBusy, SessionError
 from ..types import Finished, FinishReason
+
+log = logging.getLogger(__name__)
 
 SessionId = NewType("SessionId", str)
 _MAX_MESSAGE_IDS = 64
@@ -80,6 +83,9 @@ class SessionStore:
         max_sessions: live sessions kept; beyond it the least recently used idle one goes.
         max_history_turns: user turns kept per conversation (oldest dropped first).
         clock: monotonic seconds; injectable for tests.
+        on_forget: called with a session id whose conversation is gone (cleared, replaced,
+            deleted, expired, evicted), so whatever was kept warm for it (the engine's KV) is
+            dropped. Called under the store's lock: it must be quick and must not call back.
 
     Example::
 
@@ -94,7 +100,8 @@ class SessionStore:
 
     def __init__(self, new_prompt: Callable[[], Any], default_params: SamplingParams | None = None, *,
                  ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         for name, value in (("ttl_s", ttl_s), ("max_sessions", max_sessions),
                             ("max_history_turns", max_history_turns)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -105,6 +112,7 @@ class SessionStore:
         self.max_sessions = int(max_sessions)
         self.max_history_turns = int(max_history_turns)
         self._clock = clock
+        self._on_forget = on_forget
         self._lock = threading.RLock()
         self._sessions: OrderedDict[SessionId, Session] = OrderedDict()  # LRU order
 
@@ -137,7 +145,8 @@ class SessionStore:
 
     def delete(self, session_id: str) -> None:
         with self._lock:
-            self._sessions.pop(SessionId(session_id), None)
+            if self._sessions.pop(SessionId(session_id), None) is not None:
+                self._forgot(SessionId(session_id))
 
     def purge_expired(self) -> int:
         """Drop idle sessions older than ``ttl_s``; returns how many went."""
@@ -146,6 +155,7 @@ class SessionStore:
             dead = [sid for sid, s in self._sessions.items() if s.last_used < cutoff and not s.busy]
             for sid in dead:
                 del self._sessions[sid]
+                self._forgot(sid)
             return len(dead)
 
     def __len__(self) -> int:
@@ -222,6 +232,7 @@ class SessionStore:
             session = self.require(session_id)
             session.prompt = prompt
             session.epoch += 1
+            self._forgot(session.id)
 
     def set_prompt(self, session_id: str, prompt: Any) -> None:
         with self._lock:
@@ -248,6 +259,7 @@ class SessionStore:
                 return None
             if not session.busy and session.last_used < now - self.ttl_s:
                 del self._sessions[sid]
+                self._forgot(sid)
                 return None
             session.last_used = now
             self._sessions.move_to_end(sid)
@@ -262,6 +274,16 @@ class SessionStore:
             if victim is None:
                 raise SessionError(f"too many sessions in flight (max_sessions={self.max_sessions})")
             del self._sessions[victim]
+            self._forgot(victim)
+
+    def _forgot(self, sid: SessionId) -> None:
+        """Tell ``on_forget`` a conversation is gone (the engine drops its kept KV); never raises."""
+        if self._on_forget is None:
+            return
+        try:
+            self._on_forget(sid)
+        except Exception:  # an optimisation's hook must not break the session store
+            log.exception("on_forget raised for a session")
 
 
 class SessionView(MutableMapping[str, Any]):
