@@ -239,6 +239,7 @@ class SessionStore:
             session = self.require(session_id)
             session.prompt = prompt
             session.epoch += 1
+            self._forgot(session.id)
 
     def params(self, session_id: str) -> SamplingParams:
         return self.require(session_id).params
