@@ -19,6 +19,7 @@ one set of numbers. A configuration is frozen; :meth:`Lab.configure` makes a new
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,13 +128,16 @@ class Lab:
         if self._closed:
             raise ConfigError("this Lab was closed; create a new one", name="lab")
 
-    def submit(self, messages: Any, config: ServeConfig | None = None) -> RequestStream:
+    def submit(self, messages: Any, config: ServeConfig | None = None, *,
+               session_key: str | None = None) -> RequestStream:
         """Encode ``messages`` (a string is one user message) with ``config`` and submit it.
 
+        ``session_key``: turns of one conversation share it, so the engine keeps each finished
+        turn's KV and the next turn prefills only what is new (see ``session_kv_budget_mb``).
         Raises QueueFull at once when every slot is busy and the queue is full.
         """
         self._check_open()
-        return self.service.submit(messages, config or self.config)
+        return self.service.submit(messages, config or self.config, session_key=session_key)
 
     def generate(self, messages: Any, timeout: float | None = None, **params: Any) -> str:
         """The whole reply, blocking (no widget); ``params`` override the current configuration."""
@@ -156,7 +160,8 @@ class Lab:
         """A multi-turn chat widget (Send, Stop, Regenerate, Clear) on the current configuration."""
         from .notebook.chat import ChatWidget
 
-        return ChatWidget(lambda messages: self.submit(messages), system_prompt=system_prompt)
+        key = f"lab-chat-{uuid.uuid4().hex}"  # one conversation: its turns reuse the kept KV
+        return ChatWidget(lambda messages: self.submit(messages, session_key=key), system_prompt=system_prompt)
 
     def playground(self, message: str = "What is the capital of France?") -> Playground:
         """Edit template, system prompt and sampling; inspect the prompt; preview. Edits configure
