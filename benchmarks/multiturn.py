@@ -1,19 +1,21 @@
 """Multi-turn chat: per-session KV reuse on vs off (time to first token per turn).
 
-One conversation of ``--turns`` turns with long user messages (about ``--user-tokens`` tokens each,
-so the last prompt is about 1,500 tokens) runs through the engine with ``session_kv_budget_mb``
-on, then off (a fresh engine each, same settings), while ``--others`` other streams (short
-prompts, ``--other-new-tokens`` tokens, resubmitted as they finish) keep decoding in the same
-batch. For each turn it records the conversation's time to first token (submit -> first token,
-as ``Finished.usage.ttft_s``) and the prompt size; for the other streams, their inter-token gaps
-while the conversation runs (p50 / p95 / max). Greedy decoding throughout: the replies of the two
-runs are compared (they must be identical; the turn-N prompt of both runs is then the same too).
+One conversation of ``--turns`` turns with long user messages (about ``--user-tokens`` tokens
+each, so the last prompt is about 1,500 tokens) runs through the engine with
+``session_kv_budget_mb`` on and off (a fresh engine each, same settings; ``--rounds`` pairs,
+alternating which goes first, so a drifting machine load hits both alike; per turn the mean of
+the rounds is reported), while ``--others`` other streams (short prompts,
+``--other-new-tokens`` tokens, resubmitted as they finish) keep decoding in the same batch. For
+each turn it records the conversation's time to first token (submit -> first token, as
+``Finished.usage.ttft_s``) and the prompt size; for the other streams, their inter-token gaps
+while the conversation runs (p50 / p95 / max). Greedy decoding throughout: the replies of all
+runs are compared (they must be identical; the turn-N prompts are then the same too).
 
 In-process (no HTTP): this is about the engine. No timing assertion; prints a table, the ratios
 of the same run and the load average, and writes ``benchmarks/results/multiturn.json``.
 
-Usage: ``python benchmarks/multiturn.py [--turns 10] [--user-tokens 130] [--others 8] [--threads 1]
-[--wait-for-load 1.5] [--quick]``
+Usage: ``python benchmarks/multiturn.py [--turns 10] [--user-tokens 130] [--others 8] [--rounds 2]
+[--threads 1] [--wait-for-load 1.5] [--quick]``
 """
 
 from __future__ import annotations
@@ -131,6 +133,20 @@ def run(lm: Any, args: argparse.Namespace, budget_mb: float) -> dict[str, Any]:
             "kv_cache": None if kv is None else kv.as_dict(), "wall_s": round(t_end - t_start, 1)}
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rounds of one mode: TTFT per turn averaged, the other streams' gaps pooled."""
+    turns = [{**t, "ttft_s": round(sum(r["turns"][i]["ttft_s"] for r in runs) / len(runs), 3),
+              "ttft_s_rounds": [r["turns"][i]["ttft_s"] for r in runs]} for i, t in enumerate(runs[0]["turns"])]
+    itl = [r["others_itl_ms"] for r in runs]
+    return {"session_kv_budget_mb": runs[0]["session_kv_budget_mb"], "turns": turns,
+            "others_itl_ms": {"n": sum(x["n"] for x in itl),
+                              "p50": round(sum(x["p50"] for x in itl) / len(itl), 1),
+                              "p95": round(sum(x["p95"] for x in itl) / len(itl), 1),
+                              "max": max((x["max"] or 0.0) for x in itl),
+                              "p95_rounds": [x["p95"] for x in itl]},
+            "kv_cache": runs[-1]["kv_cache"], "wall_s": [r["wall_s"] for r in runs]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--turns", type=int, default=10)
@@ -142,11 +158,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--wait-for-load", type=float, default=0.0, help="wait until the 1-min load average is below this")
     ap.add_argument("--wait-max", type=float, default=600.0)
-    ap.add_argument("--quick", action="store_true", help="3 turns, 2 other streams")
+    ap.add_argument("--rounds", type=int, default=2, help="on/off pairs (the order alternates)")
+    ap.add_argument("--quick", action="store_true", help="3 turns, 2 other streams, 1 round")
     ap.add_argument("--out", default=str(HERE / "results" / "multiturn.json"))
     args = ap.parse_args()
     if args.quick:
-        args.turns, args.others = 3, 2
+        args.turns, args.others, args.rounds = 3, 2, 1
     if args.threads:
         import torch
 
@@ -157,10 +174,14 @@ def main() -> None:
         time.sleep(20)
     load_before = loadavg()
     lm = csl.load_model(dtype="float32", progress=False)
-    on = run(lm, args, args.budget_mb)
-    off = run(lm, args, 0.0)
+    runs: dict[str, list[dict[str, Any]]] = {"reuse": [], "off": []}
+    for r in range(args.rounds):
+        for name in (("reuse", "off") if r % 2 == 0 else ("off", "reuse")):
+            runs[name].append(run(lm, args, args.budget_mb if name == "reuse" else 0.0))
     load_after = loadavg()
-    identical = [a["reply"] for a in on["turns"]] == [b["reply"] for b in off["turns"]]
+    on, off = combine(runs["reuse"]), combine(runs["off"])
+    replies = {tuple(t["reply"] for t in x["turns"]) for x in runs["reuse"] + runs["off"]}
+    identical = len(replies) == 1
     last_on, last_off = on["turns"][-1], off["turns"][-1]
     report = {"benchmark": "multiturn", **machine(), "loadavg_before": load_before, "loadavg_after": load_after,
               "model": lm.name, "dtype": "float32", "args": vars(args), "greedy_replies_identical": identical,
@@ -174,18 +195,19 @@ def main() -> None:
     out.write_text(json.dumps(report, indent=1))
 
     print()
-    print(f"{args.turns} turns, {args.others} other streams decoding meanwhile; greedy replies identical on/off: "
-          f"{identical}")
+    print(f"{args.rounds} round(s); {args.turns} turns, {args.others} other streams decoding meanwhile; "
+          f"greedy replies identical on/off: {identical}")
     head = f"{'turn':>4} | {'prompt':>6} | {'TTFT reuse (s)':>14} | {'TTFT off (s)':>12} | off/reuse"
     print(head)
     print("-" * len(head))
     for a, b in zip(on["turns"], off["turns"]):
         print(f"{a['turn']:>4} | {a['prompt_tokens']:>6} | {a['ttft_s']:>14.3f} | {b['ttft_s']:>12.3f} | "
-              f"{b['ttft_s'] / a['ttft_s']:>8.2f}")
+              f"{b['ttft_s'] / a['ttft_s']:>8.2f}   rounds: reuse {a['ttft_s_rounds']}, off {b['ttft_s_rounds']}")
     for name, r in (("reuse", on), ("off", off)):
         itl = r["others_itl_ms"]
         print(f"other streams' inter-token gaps while the conversation ran ({name}): p50 {itl['p50']} ms, "
-              f"p95 {itl['p95']} ms, max {itl['max']} ms ({itl['n']} gaps); conversation wall {r['wall_s']} s")
+              f"p95 {itl['p95']} ms (rounds {itl['p95_rounds']}), max {itl['max']} ms ({itl['n']} gaps); "
+              f"conversation wall {r['wall_s']} s")
     print(f"session KV (reuse run): {on['kv_cache']}")
     print(f"load average (1, 5, 15 min) before {load_before}, after {load_after}; wrote {out}")
 

@@ -181,6 +181,7 @@ class HFBackend:
         if hit is None and (n := self.prefixes.shareable(prompts)):
             cache = new_cache(self._model)
             self._forward(torch.tensor([list(prompts[0][:n])], dtype=torch.long, device=self._device), cache)
+            self._count_prefilled(n)
             self.prefixes.store(prompts[0][:n], get_kv(cache))
             hit = self.prefixes.lookup(prompts)
         self.prefixes.remember(prompts)
