@@ -48,6 +48,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--token-file", default=None, metavar="PATH",
                    help=f"require 'Authorization: Bearer TOKEN', TOKEN read from this file (or set ${TOKEN_ENV}); "
                         "the printed page URL carries it as #token=, which never reaches the server's log")
+    p.add_argument("--session-kv-budget-mb", type=float, default=None, metavar="MB",
+                   help="memory for sessions' KV kept across turns, so a next turn prefills only what is "
+                        "new (default 512; 0 = off)")
     p.add_argument("--token", default=None,
                    help=f"the bearer token on the command line (visible to every user in ps: prefer "
                         f"${TOKEN_ENV} or --token-file)")
@@ -121,7 +124,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         model = _remote(args) if args.upstream else load_model(args.model, device=args.device, dtype=args.dtype)
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
-                                 max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens)
+                                 max_queue_size=args.max_queue_size, max_new_tokens=args.max_new_tokens,
+                                 session_kv_budget_mb=args.session_kv_budget_mb)
         app = create_app(chat_stream, token=token, allowed_hosts=args.allowed_host, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:

@@ -23,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import logging
 import secrets
 import threading
 import time
@@ -34,6 +35,8 @@ from typing import Any, NewType, Protocol
 from ..config import SamplingParams
 from ..errors import ConfigError, NothingToRegenerate, SessionBusy, SessionError
 from ..types import Finished, FinishReason
+
+log = logging.getLogger(__name__)
 
 SessionId = NewType("SessionId", str)
 _MAX_MESSAGE_IDS = 64
@@ -90,6 +93,9 @@ class SessionStore:
         max_session_chars: message characters kept per session (oldest turns dropped first; the
             newest turn is always kept whole).
         clock: monotonic seconds; injectable for tests.
+        on_forget: called with a session id whose conversation is gone (cleared, replaced,
+            deleted, expired, evicted), so whatever was kept warm for it (the engine's KV) is
+            dropped. Called under the store's lock: it must be quick and must not call back.
 
     Example::
 
@@ -104,7 +110,8 @@ class SessionStore:
 
     def __init__(self, new_prompt: Callable[[], Any], default_params: SamplingParams | None = None, *,
                  ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
-                 max_session_chars: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_session_chars: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         for name, value in (("ttl_s", ttl_s), ("max_sessions", max_sessions),
                             ("max_history_turns", max_history_turns), ("max_session_chars", max_session_chars)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -116,6 +123,7 @@ class SessionStore:
         self.max_history_turns = int(max_history_turns)
         self.max_session_chars = int(max_session_chars)
         self._clock = clock
+        self._on_forget = on_forget
         self._lock = threading.RLock()
         self._sessions: OrderedDict[SessionId, Session] = OrderedDict()  # LRU order
 
@@ -160,7 +168,8 @@ class SessionStore:
 
     def delete(self, session_id: str) -> None:
         with self._lock:
-            self._sessions.pop(SessionId(session_id), None)
+            if self._sessions.pop(SessionId(session_id), None) is not None:
+                self._forgot(SessionId(session_id))
 
     def purge_expired(self) -> int:
         """Drop idle sessions older than ``ttl_s``; returns how many went."""
@@ -169,6 +178,7 @@ class SessionStore:
             dead = [sid for sid, s in self._sessions.items() if s.last_used < cutoff and not s.busy]
             for sid in dead:
                 del self._sessions[sid]
+                self._forgot(sid)
             return len(dead)
 
     def __len__(self) -> int:
@@ -264,6 +274,7 @@ class SessionStore:
             session.epoch += 1
             session.dropped_turns = 0
             self._fit(session)
+            self._forgot(session.id)
 
     def set_prompt(self, session_id: str, prompt: Any) -> None:
         with self._lock:
@@ -271,6 +282,7 @@ class SessionStore:
             session.prompt = prompt
             session.epoch += 1
             self._fit(session)
+            self._forgot(session.id)
 
     def params(self, session_id: str) -> SamplingParams:
         return self.require(session_id).params
@@ -291,6 +303,7 @@ class SessionStore:
                 return None
             if not session.busy and session.last_used < now - self.ttl_s:
                 del self._sessions[sid]
+                self._forgot(sid)
                 return None
             session.last_used = now
             self._sessions.move_to_end(sid)
@@ -305,6 +318,16 @@ class SessionStore:
             if victim is None:
                 raise SessionError(f"too many sessions in flight (max_sessions={self.max_sessions})")
             del self._sessions[victim]
+            self._forgot(victim)
+
+    def _forgot(self, sid: SessionId) -> None:
+        """Tell ``on_forget`` a conversation is gone (the engine drops its kept KV); never raises."""
+        if self._on_forget is None:
+            return
+        try:
+            self._on_forget(sid)
+        except Exception:  # an optimisation's hook must not break the session store
+            log.exception("on_forget raised for a session")
 
 
 class SessionView(MutableMapping[str, Any]):
