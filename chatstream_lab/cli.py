@@ -6,10 +6,14 @@ Nothing runs at import; :func:`main` parses arguments and dispatches to one ``_c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+TOKEN_ENV = "CHATSTREAM_LAB_TOKEN"
 
 
 def _positive_int(text: str) -> int:
@@ -54,8 +58,15 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--temperature", type=float, default=None,
                    help="default sampling temperature (0 = greedy; default: the model's own, 0 for the "
                         "bundled model, else 0.3)")
+    p.add_argument("--token-file", default=None, metavar="PATH",
+                   help=f"require 'Authorization: Bearer TOKEN', TOKEN read from this file (or set ${TOKEN_ENV}); "
+                        "the printed page URL carries it as #token=, which never reaches the server's log")
+    p.add_argument("--session-kv-budget-mb", type=float, default=None, metavar="MB",
+                   help="memory for sessions' KV kept across turns, so a next turn prefills only what is "
+                        "new (default 512; 0 = off)")
     p.add_argument("--token", default=None,
-                   help="require 'Authorization: Bearer TOKEN' (the page accepts ?token=TOKEN once)")
+                   help=f"the bearer token on the command line (visible to every user in ps: prefer "
+                        f"${TOKEN_ENV} or --token-file)")
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="accept this Host name (e.g. a reverse proxy's public name; '*.example.org', '*'); "
                         "repeatable. Default: on loopback only loopback names, on other interfaces any")
@@ -83,12 +94,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_token(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> str | None:
+    """The bearer token: ``--token-file`` or ``--token`` (which every local user can read in ``ps``:
+    it still works, with a warning), else ``$CHATSTREAM_LAB_TOKEN``. None: no auth.
+
+    Raises:
+        ConfigError: two sources given, an unreadable or empty file, a token with whitespace.
+    """
+    from .errors import ConfigError
+
+    if args.token is not None and args.token_file is not None:
+        raise ConfigError("pass --token or --token-file, not both", name="token")
+    if args.token_file is not None:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --token-file {args.token_file!r}: {exc.strerror}",
+                              name="token_file") from exc
+        source = f"--token-file {args.token_file}"
+    elif args.token is not None:
+        print(f"warning: --token is visible to every local user in the process list; set ${TOKEN_ENV} "
+              "or use --token-file instead", file=sys.stderr)
+        token, source = args.token, "--token"
+    elif environ.get(TOKEN_ENV):
+        token, source = environ[TOKEN_ENV].strip(), f"${TOKEN_ENV}"
+    else:
+        return None
+    if not token or any(c.isspace() for c in token):
+        raise ConfigError(f"the token from {source} is empty or contains whitespace", name="token")
+    return token
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import ChatStreamLabError
     from .models import load_model
     from .server import BackgroundServer, ChatStream, create_app
+    from .server.auth import page_url
 
     try:
+        token = resolve_token(args)
         print("Loading model…", file=sys.stderr, flush=True)
         model = _remote(args) if args.upstream else load_model(
             args.model, backend=args.backend, device=args.device, dtype=args.dtype)
@@ -97,14 +141,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             params = params.replace(temperature=args.temperature)
         chat_stream = ChatStream(model=model, template=args.template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
-                                 max_queue_size=args.max_queue_size, params=params)
-        app = create_app(chat_stream, token=args.token, allowed_hosts=args.allowed_host, close_on_shutdown=True)
+                                 max_queue_size=args.max_queue_size, params=params,
+                                 session_kv_budget_mb=args.session_kv_budget_mb)
+        app = create_app(chat_stream, token=token, allowed_hosts=args.allowed_host, close_on_shutdown=True)
         server = BackgroundServer(app, host=args.host, port=args.port, log_level="info").start()
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    url = server.url + (f"/?token={args.token}" if args.token else "/")
-    print(f"Serving {model.name} at {url}  (Ctrl-C to stop)", flush=True)
+    print(f"Serving {model.name} at {page_url(server.url, token)}  (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()  # the main thread keeps Python's own SIGINT -> KeyboardInterrupt
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ one set of numbers. A configuration is frozen; :meth:`Lab.configure` makes a new
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,19 +68,25 @@ class Lab:
         num_of_concurrent_executions / max_queue_size: the admission limits, shared by previews and
             HTTP clients (``serve`` may change them while nothing runs).
         system_prompt: a system message for conversations that bring none.
+        session_kv_budget_mb: memory for the KV of a chat session's finished turns, so its next
+            turn prefills only the new part (None: the engine's default, 512; 0: off). Applies to
+            sessions of the served endpoint (cookie) and OpenAI requests that send ``user``.
         **params: :class:`~chatstream_lab.config.SamplingParams` fields (``temperature=0`` is greedy).
 
     Creating a Lab starts no thread; the engine starts on the first preview or request.
     """
 
     def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = 2,
-                 max_queue_size: int = 5, system_prompt: str | None = None, **params: Any) -> None:
+                 max_queue_size: int = 5, system_prompt: str | None = None,
+                 session_kv_budget_mb: float | None = None, **params: Any) -> None:
         limits = Limits(num_of_concurrent_executions, max_queue_size)  # validates, starts nothing
         self.model: LoadedModel = _load(model)
         self.config = ServeConfig(self.model.name, resolve_with_system(
             template, self.model.tokenizer, UNSET if system_prompt is None else system_prompt),
             self.model.default_params.replace(**params))
-        self.service = Service.build(self.model, config=self.config, limits=limits)
+        engine_options: dict[str, Any] = ({} if session_kv_budget_mb is None
+                                          else {"session_kv_budget_mb": session_kv_budget_mb})
+        self.service = Service.build(self.model, config=self.config, limits=limits, **engine_options)
         self._endpoint: Endpoint | None = None
         self._lock = threading.RLock()
         self._closed = False
@@ -122,13 +129,16 @@ class Lab:
         if self._closed:
             raise ConfigError("this Lab was closed; create a new one", name="lab")
 
-    def submit(self, messages: Any, config: ServeConfig | None = None) -> RequestStream:
+    def submit(self, messages: Any, config: ServeConfig | None = None, *,
+               session_key: str | None = None) -> RequestStream:
         """Encode ``messages`` (a string is one user message) with ``config`` and submit it.
 
+        ``session_key``: turns of one conversation share it, so the engine keeps each finished
+        turn's KV and the next turn prefills only what is new (see ``session_kv_budget_mb``).
         Raises QueueFull at once when every slot is busy and the queue is full.
         """
         self._check_open()
-        return self.service.submit(messages, config or self.config)
+        return self.service.submit(messages, config or self.config, session_key=session_key)
 
     def submit_continuation(self, messages: Any, config: ServeConfig | None, prefix_ids: Any) -> RequestStream:
         """Submit ``messages`` with the reply forced to start with ``prefix_ids`` (the prompt's ids +
@@ -181,7 +191,8 @@ class Lab:
         from .notebook.chat import ChatWidget
 
         local = getattr(self.model, "backend", "torch") != "remote"
-        return ChatWidget(lambda messages: self.submit(messages, self._widget_config(self.config)),
+        key = f"lab-chat-{uuid.uuid4().hex}"  # one conversation: its turns reuse the kept KV
+        return ChatWidget(lambda messages: self.submit(messages, self._widget_config(self.config), session_key=key),
                           system_prompt=system_prompt,
                           continuation=(lambda messages, prefix: self.submit_continuation(
                               messages, self._widget_config(self.config), prefix)) if local else None)

@@ -27,7 +27,7 @@ from .engine.stream import RequestStream
 from .errors import ConfigError
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
-from .stats import PrometheusExporter, StatsRecorder, StatsSnapshot
+from .stats import KVCacheStats, PrometheusExporter, StatsRecorder, StatsSnapshot
 from .types import ReplyScore
 
 
@@ -47,7 +47,7 @@ class _Machinery:
         self._shared = generator
         self._generator: Generator | None = generator
         self._gate: AdmissionGate[Any] = generator.gate if generator is not None else AdmissionGate(limits)
-        self.recorder = StatsRecorder(load=lambda: self._gate.snapshot())
+        self.recorder = StatsRecorder(load=lambda: self._gate.snapshot(), kv_cache=self._kv_cache_stats)
         self.exporter = PrometheusExporter(self.recorder)
         self._lock = threading.Lock()
 
@@ -58,6 +58,10 @@ class _Machinery:
     @property
     def built(self) -> Generator | None:
         return self._generator
+
+    def _kv_cache_stats(self) -> KVCacheStats | None:
+        built = self._generator
+        return built.kv_cache_stats() if built is not None else None
 
     def generator(self) -> Generator:
         with self._lock:
@@ -120,8 +124,8 @@ class Service:
         its field of that name). ``config`` (a whole ServeConfig) replaces ``template`` /
         ``params`` / ``system_prompt``;
         ``generator`` shares an already-built one (with its gate); ``engine_options`` go to the
-        engine (``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``onednn``; for a remote
-        model ``timeout_s``, ``retry_after_s``).
+        engine (``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``session_kv_budget_mb``,
+        ``onednn``; for a remote model ``timeout_s``, ``retry_after_s``).
         """
         if config is None:
             resolved = resolve_served_template(template, model.tokenizer)
@@ -129,7 +133,9 @@ class Service:
                 resolved = with_system_prompt(resolved, system_prompt)
             config = ServeConfig(model.name, resolved, params or SamplingParams())
         machinery = _Machinery(model, limits or Limits(), engine_options, generator)
-        return cls(machinery, config, max_input_chars=max_input_chars, request_limits=request_limits)
+        # tracked, so a server stopping can end the streams it served (detach)
+        return cls(machinery, config, max_input_chars=max_input_chars, request_limits=request_limits,
+                   tracked=True)
 
     def with_config(self, config: ServeConfig, *, tracked: bool = False,
                     request_limits: RequestLimits | None = None) -> Service:
@@ -153,6 +159,11 @@ class Service:
             streams = list(self._streams or ())
         for stream in streams:
             stream.cancel()
+
+    def attach(self) -> None:
+        """Accept requests through this view again after :meth:`detach` (a server started again)."""
+        with self._streams_lock:
+            self._detached = False
 
     def open_streams(self) -> list[RequestStream]:
         """The unfinished streams submitted through this (tracked) view."""
@@ -243,6 +254,13 @@ class Service:
         ids = [*encoded.ids, *reply_ids]
         tokens = self.generator.start().score(ids, len(encoded.ids), top=top).result(timeout)
         return ReplyScore(tokens, len(encoded.ids))
+
+    def forget(self, session_key: str) -> None:
+        """Drop what the generator keeps warm for ``session_key`` (its KV across turns): the
+        session's conversation was cleared or ended. Starts nothing; any thread."""
+        built = self._m.built
+        if built is not None:
+            built.forget(session_key)
 
     # -- numbers ----------------------------------------------------------------------------------
     def stats(self, *, with_history: bool = True) -> StatsSnapshot:

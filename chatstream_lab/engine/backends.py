@@ -8,7 +8,9 @@ logits" (:meth:`decode`, ONE forward for the whole batch).
 :class:`HFBackend` keeps one batched KV cache with *left padding*: each row has its own real
 length, position ids and attention-mask columns. A finished prompt is prefilled alone (batch 1,
 no padding), then joined by left-padding either side to the same length; a leaving row is
-dropped with ``index_select`` and all-padding columns are trimmed from the left.
+dropped with ``index_select`` and all-padding columns are trimmed from the left. A row of a
+session keeps its KV when it leaves (:class:`~.session_cache.SessionKVCache`): the session's next
+prompt starts from it and prefills only the new suffix.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .kvcache import can_load, get_kv, load_kv, new_cache, pad_left, set_kv
+from ..stats import KVCacheStats
+from .kvcache import KV, can_load, get_kv, load_kv, new_cache, pad_left, set_kv
 from .onednn import PackedHead, PackedLinears
 from .prefix_cache import PrefixCache, PrefixHit
 from .protocol import Key, StepBackend
+from .session_cache import SessionKVCache
 
 
 @dataclass
@@ -51,15 +55,23 @@ class HFBackend:
     Args:
         model: a transformers causal LM.
         prefix_cache_bytes: memory for shared prompt starts (:class:`PrefixCache`); 0 disables it.
+        session_kv_bytes: memory for KV kept across a session's turns plus the live batch's KV
+            (:class:`~.session_cache.SessionKVCache`); 0 disables it.
         onednn: use the oneDNN head and linears on CPU float32 (:mod:`.onednn`); False: plain torch.
     """
 
-    def __init__(self, model: Any, prefix_cache_bytes: int = 64 << 20, *, onednn: bool = True) -> None:
+    def __init__(self, model: Any, prefix_cache_bytes: int = 64 << 20, *, session_kv_bytes: int = 0,
+                 onednn: bool = True) -> None:
         self._model = model
         self._device = next(model.parameters()).device
         self.prefixes: PrefixCache | None = None
-        if prefix_cache_bytes > 0 and can_load(new_cache(model)):
+        self.sessions: SessionKVCache | None = None
+        loadable = can_load(new_cache(model))
+        if prefix_cache_bytes > 0 and loadable:
             self.prefixes = PrefixCache(model, prefix_cache_bytes)
+        if session_kv_bytes > 0 and loadable:
+            self.sessions = SessionKVCache(model, session_kv_bytes)
+        self._token_bytes = 0  # KV bytes of one position of one row (known after the first forward)
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = next((k for k in ("logits_to_keep", "num_logits_to_keep") if k in params), None)
@@ -76,6 +88,9 @@ class HFBackend:
         self._mask: torch.Tensor | None = None  # [B, T] 1 = real token
         self._next_pos: torch.Tensor | None = None  # [B] position id of the next token
         self._padded = False
+        self._keeping: list[tuple[str, list[int], KV]] = []  # rows' KV to keep once they have left
+        if self.sessions is not None:
+            self.sessions.make_room(0)
 
     def _forward(self, ids: torch.Tensor, cache: Any, mask: torch.Tensor | None = None,
                  pos: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,8 +113,14 @@ class HFBackend:
             return self._linears
         return contextlib.nullcontext()
 
-    def start(self, prompt_ids: Sequence[int]) -> Prefill:
+    def start(self, prompt_ids: Sequence[int], session: str | None = None) -> Prefill:
         pf = Prefill(list(prompt_ids), cache=new_cache(self._model))
+        if self.sessions is not None and session is not None:
+            kept = self.sessions.take(session, pf.ids)
+            if kept is not None:  # the session's earlier turns are in: run only the new suffix
+                load_kv(pf.cache, kept.kv)
+                pf.done = kept.length
+                return pf
         if self.prefixes is None:
             return pf
         hit = self.prefixes.lookup([pf.ids])
@@ -119,6 +140,7 @@ class HFBackend:
         chunk = torch.tensor([pf.ids[pf.done:pf.done + n]], dtype=torch.long, device=self._device)
         logits = self._forward(chunk, pf.cache)
         pf.done += n
+        self._count_prefilled(n)
         if pf.done == pf.store_at and self.prefixes is not None:
             self.prefixes.store(pf.ids[:pf.done], get_kv(pf.cache))
         return logits[0] if pf.remaining == 0 else None
@@ -145,6 +167,7 @@ class HFBackend:
                                for k, v in prefix.kv])
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n:]
         logits = self._forward(ids, pf.cache, mask, pos)
+        self._count_prefilled(sum(len(p) - n for p in prompts))
         # padded positions hold no information: zero them so nothing odd can leak through them
         keep = mask[:, None, :, None].to(get_kv(pf.cache)[0][0].dtype)
         set_kv(pf.cache, [(k * keep, v * keep) for k, v in get_kv(pf.cache)])
@@ -158,6 +181,7 @@ class HFBackend:
         if hit is None and (n := self.prefixes.shareable(prompts)):
             cache = new_cache(self._model)
             self._forward(torch.tensor([list(prompts[0][:n])], dtype=torch.long, device=self._device), cache)
+            self._count_prefilled(n)
             self.prefixes.store(prompts[0][:n], get_kv(cache))
             hit = self.prefixes.lookup(prompts)
         self.prefixes.remember(prompts)
@@ -194,6 +218,7 @@ class HFBackend:
         pf.cache = None
         self.rows.extend(keys)
         self._padded = not bool(self._mask.all())
+        self._make_room()
 
     def decode(self, tokens: Sequence[int]) -> torch.Tensor:
         """One forward for every joined row (in ``rows`` order); returns logits [B, V]."""
@@ -205,6 +230,7 @@ class HFBackend:
         else:  # no padding: positions follow the cache length, no mask needed (the fast path)
             logits = self._forward(ids, self._cache)
         self._next_pos = self._next_pos + 1
+        self._make_room()
         return logits
 
     def score(self, ids: Sequence[int], start: int) -> torch.Tensor:
@@ -222,11 +248,23 @@ class HFBackend:
         return logits
 
     def leave(self, keys: AbstractSet[Key]) -> None:
+        try:
+            self._leave(keys)
+        finally:
+            keeping, self._keeping = self._keeping, []
+        if self.sessions is not None:  # the batch has shrunk: now the kept entries may fit
+            self._make_room()
+            for session, ids, kv in keeping:
+                self.sessions.put(session, ids, kv)
+
+    def _leave(self, keys: AbstractSet[Key]) -> None:
         keep = [i for i, k in enumerate(self.rows) if k not in keys]
         if len(keep) == len(self.rows):
             return
         if not keep:
+            keeping = self._keeping
             self.reset()
+            self._keeping = keeping
             return
         assert self._mask is not None and self._next_pos is not None
         idx = torch.tensor(keep, dtype=torch.long, device=self._device)
@@ -238,6 +276,58 @@ class HFBackend:
         self._next_pos = self._next_pos.index_select(0, idx)
         self.rows = [self.rows[i] for i in keep]
         self._padded = not bool(self._mask.all())
+
+    # -- KV kept across a session's turns ------------------------------------------------------
+    def reusable(self, session: str | None, prompt_ids: Sequence[int]) -> int:
+        """Prompt positions the session's kept KV would spare (0: none, or not worth a row alone)."""
+        return self.sessions.reusable(session, prompt_ids) if self.sessions is not None else 0
+
+    def keep(self, key: Key, session: str, ids: Sequence[int] | None) -> None:
+        """Before ``key`` leaves: keep its KV for ``session`` (``ids``: what the cache holds, the
+        prompt and every generated token but the last), or ``None``: keep nothing (a failure)."""
+        if self.sessions is None:
+            return
+        kv = self._row_kv(key, ids) if ids is not None else None
+        if kv is None or ids is None:
+            self.sessions.release(session)
+            return
+        self._keeping.append((session, list(ids), kv))
+
+    def _row_kv(self, key: Key, ids: Sequence[int]) -> KV | None:
+        """A compact copy of one row's real positions, or None if they are not ``ids``' length."""
+        if key not in self.rows or self._mask is None:
+            return None
+        i = self.rows.index(key)
+        cols = self._mask[i].nonzero().squeeze(1)
+        if len(cols) != len(ids):
+            return None
+        with torch.inference_mode():
+            return [(k[i:i + 1].index_select(2, cols), v[i:i + 1].index_select(2, cols))
+                    for k, v in get_kv(self._cache)]
+
+    def forget(self, session: str) -> None:
+        if self.sessions is not None:
+            self.sessions.forget(session)
+
+    def kv_stats(self) -> KVCacheStats | None:
+        return self.sessions.stats() if self.sessions is not None else None
+
+    def _count_prefilled(self, n: int) -> None:
+        if self.sessions is not None:
+            self.sessions.count_prefilled(n)
+
+    def batch_bytes(self) -> int:
+        """KV bytes of the live batch (filled positions, padding included)."""
+        if self._mask is None or self._cache is None:
+            return 0
+        if not self._token_bytes:
+            self._token_bytes = sum(k.shape[1] * k.shape[3] * k.element_size()
+                                    + v.shape[1] * v.shape[3] * v.element_size() for k, v in get_kv(self._cache))
+        return int(self._mask.shape[0] * self._mask.shape[1] * self._token_bytes)
+
+    def _make_room(self) -> None:
+        if self.sessions is not None:
+            self.sessions.make_room(self.batch_bytes())
 
 
 @dataclass
@@ -288,7 +378,7 @@ class ScriptedBackend:
         reply = self._lm.reply_for(self._tok.decode(list(prompt_ids)))
         return [*self._tok.encode(reply, split_special_tokens=True), self._tok.eos_token_id]
 
-    def start(self, prompt_ids: Sequence[int]) -> ScriptedPrefill:
+    def start(self, prompt_ids: Sequence[int], session: str | None = None) -> ScriptedPrefill:
         return ScriptedPrefill(list(prompt_ids), [self._script_for(prompt_ids)])
 
     def prefill(self, pf: ScriptedPrefill, budget: int) -> torch.Tensor | None:
@@ -325,9 +415,21 @@ class ScriptedBackend:
         for k in keys:
             self._scripts.pop(k, None)
 
+    # a script has no KV: nothing is kept across turns
+    def reusable(self, session: str | None, prompt_ids: Sequence[int]) -> int:
+        return 0
 
-def for_model(loaded: Any, *, prefix_cache_bytes: int = 64 << 20, onednn: bool = True) -> StepBackend[Any]:
+    def keep(self, key: Key, session: str, ids: Sequence[int] | None) -> None: ...
+
+    def forget(self, session: str) -> None: ...
+
+    def kv_stats(self) -> KVCacheStats | None:
+        return None
+
+
+def for_model(loaded: Any, *, prefix_cache_bytes: int = 64 << 20, session_kv_bytes: int = 0,
+              onednn: bool = True) -> StepBackend[Any]:
     """The step-level backend for a loaded model (scripted, or HF torch)."""
     if loaded.is_scripted:
         return ScriptedBackend(loaded.model, loaded.tokenizer)
-    return HFBackend(loaded.model, prefix_cache_bytes, onednn=onednn)
+    return HFBackend(loaded.model, prefix_cache_bytes, session_kv_bytes=session_kv_bytes, onednn=onednn)

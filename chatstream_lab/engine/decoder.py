@@ -8,6 +8,7 @@
               joins the batch
 3. decode   - ONE forward for every joined row, then per-row sampling
 4. retire   - rows that hit EOS / a stop string / max_new_tokens / an error leave the batch
+              (a session's row first hands its KV to the backend, for the session's next turn)
 
 The decoder has no thread and no lock: the engine thread drives it for servers, and
 ``stream()`` drives it inline for a single request. It knows nothing of HTTP or sessions.
@@ -46,6 +47,7 @@ class Row:
     detok: Detokenizer
     text_filter: TextFilter
     generator: torch.Generator | None
+    session_key: str | None = None  # the backend keeps this row's KV for the session's next turn
     t_submit: float = field(default_factory=time.perf_counter)
     t_admit: float = 0.0
     t_first: float | None = None
@@ -144,13 +146,13 @@ class BatchDecoder:
     # -- building rows -------------------------------------------------------------------
     def make_row(self, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
                  stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
-                 stop_token_ids: Sequence[int] = ()) -> Row:
+                 stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
         stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
         stop_ids = set(self.loaded.stop_token_ids) | set(stop_token_ids) | self._special_stop_ids(stops)
         return Row(
             stream=stream, prompt_ids=list(prompt_ids), params=params, stop_ids=frozenset(stop_ids),
             detok=self.detokenizers(), text_filter=TextFilter(stops, tuple(output_replacements)),
-            generator=None if params.greedy else make_generator(params.seed),
+            generator=None if params.greedy else make_generator(params.seed), session_key=session_key,
         )
 
     def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
@@ -203,7 +205,7 @@ class BatchDecoder:
         budget = self.prefill_chunk if self.active else len(row.prompt_ids)
         try:
             if row.prefill is None:
-                row.prefill = self.backend.start(row.prompt_ids)
+                row.prefill = self.backend.start(row.prompt_ids, row.session_key)
             logits = self.backend.prefill(row.prefill, budget)
         except Exception as exc:  # a bad prompt fails its own request only
             self.pending.pop(0)
@@ -219,13 +221,18 @@ class BatchDecoder:
         row.prefill = None
 
     def _next_group(self) -> list[Row]:
-        """The oldest waiting prompts whose padded size fits the step's prefill budget."""
+        """The oldest waiting prompts whose padded size fits the step's prefill budget.
+
+        A prompt that starts from its session's kept KV goes in alone (it runs only its suffix).
+        """
         budget = self.prefill_chunk if self.active else self.prefill_chunk * 8
         group: list[Row] = []
         longest = 0
         for row in self.pending:
             if row.prefill is not None:  # a chunked prefill is under way: finish it first
                 break
+            if self.backend.reusable(row.session_key, row.prompt_ids):
+                return group or [row]
             longest = max(longest, len(row.prompt_ids))
             if group and longest * (len(group) + 1) > budget:
                 break
@@ -260,6 +267,7 @@ class BatchDecoder:
             log.exception("decode step failed")
             self.backend.reset()
             for row in rows:
+                self._release_session(row)
                 self._fail(row, exc)
                 del self.active[row.id]
                 self._last_token.pop(row.id, None)
@@ -323,12 +331,30 @@ class BatchDecoder:
                            t_admit=row.t_admit, t_first=row.t_first)
         row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
         if row.id not in self.active:  # never joined (pending / failed prefill): retire now
+            self._release_session(row)
             self._on_retire(row)
+
+    def _release_session(self, row: Row) -> None:
+        if row.session_key is not None:
+            self.backend.keep(row.id, row.session_key, None)
+
+    def _keep_session(self, row: Row) -> None:
+        """Hand a leaving row's KV to the backend for its session (not a failed row's)."""
+        if row.session_key is None:
+            return
+        failed = row.finished is not None and row.finished.finish_reason is FinishReason.ERROR
+        ids = None if failed else row.prompt_ids + row.generated[:-1]  # the last token never ran
+        try:
+            self.backend.keep(row.id, row.session_key, ids)
+        except Exception:  # keeping is an optimisation: the request must still end normally
+            log.exception("keeping a session's KV failed")
 
     def _retire(self) -> None:
         done = {rid for rid, row in self.active.items() if row.finished is not None}
         if not done:
             return
+        for rid in done:
+            self._keep_session(self.active[rid])
         self.backend.leave(done)
         for rid in done:
             row = self.active.pop(rid)

@@ -24,6 +24,7 @@ from typing import Any
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
+from ..stats import KVCacheStats
 from ..types import Finished, FinishReason, LifecycleObserver, TokenLogprob
 from .decoder import BatchDecoder, Row
 from .lifecycle import RequestLifecycle, make_usage
@@ -33,6 +34,7 @@ from .stream import RequestStream
 log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 1.0  # queued requests hear their position at least this often
+DEFAULT_SESSION_KV_BUDGET_MB = 512.0  # ~11k positions of SmolLM2-135M fp32 (45 KiB each)
 
 
 class EngineClosed(ChatStreamLabError):
@@ -64,6 +66,10 @@ class Engine:
             forward, so a burst is prefilled together and decodes in lockstep. 0 disables it.
         prefix_cache_mb: memory for the keys/values of prompt prefixes that requests share (a
             template's system prompt), prefilled once and reused; 0 disables it.
+        session_kv_budget_mb: memory for the KV of finished turns kept per session (``session_key``),
+            so a session's next turn prefills only its new suffix; the live batch's KV counts
+            against it first (kept entries are evicted, least recently used first, as the batch
+            grows). 0 disables it.
         onednn: the oneDNN kernels of the torch backend on CPU float32 (False: plain torch).
         backend: the step-level backend to drive (default: the one for ``model``, made on start).
         gate: the admission gate to share (default: a new one with the limits above).
@@ -78,7 +84,8 @@ class Engine:
 
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  observer: LifecycleObserver | None = None, prefill_chunk: int = 256,
-                 gather_s: float = 0.01, prefix_cache_mb: float = 64.0, onednn: bool = True,
+                 gather_s: float = 0.01, prefix_cache_mb: float = 64.0,
+                 session_kv_budget_mb: float = DEFAULT_SESSION_KV_BUDGET_MB, onednn: bool = True,
                  backend: StepBackend[Any] | None = None, gate: AdmissionGate[Row] | None = None) -> None:
         if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
             raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
@@ -86,6 +93,10 @@ class Engine:
         if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or prefix_cache_mb < 0:
             raise ConfigError(f"prefix_cache_mb must be a number >= 0, got {prefix_cache_mb!r}",
                               name="prefix_cache_mb")
+        if (isinstance(session_kv_budget_mb, bool) or not isinstance(session_kv_budget_mb, (int, float))
+                or session_kv_budget_mb < 0):
+            raise ConfigError(f"session_kv_budget_mb must be a number >= 0, got {session_kv_budget_mb!r}",
+                              name="session_kv_budget_mb")
         self.model = model
         self.gate: AdmissionGate[Row] = gate if gate is not None else AdmissionGate(
             Limits(num_of_concurrent_executions, max_queue_size))
@@ -94,6 +105,7 @@ class Engine:
         self.prefill_chunk = prefill_chunk
         self.gather_s = float(gather_s)
         self.prefix_cache_mb = float(prefix_cache_mb)
+        self.session_kv_budget_mb = float(session_kv_budget_mb)
         self.onednn = onednn
         self._backend = backend
         self._lock = threading.Lock()
@@ -125,7 +137,8 @@ class Engine:
                 from .backends import for_model
 
                 backend = self._backend or for_model(
-                    self.model, prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)), onednn=self.onednn)
+                    self.model, prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)),
+                    session_kv_bytes=int(self.session_kv_budget_mb * (1 << 20)), onednn=self.onednn)
                 self._decoder = BatchDecoder(self.model, backend, on_retire=self._retire,
                                              on_first_token=self._first_token,
                                              prefill_chunk=self.prefill_chunk)
@@ -185,7 +198,7 @@ class Engine:
         assert self._decoder is not None
         stream = RequestStream(self.lifecycle.new_id(), self._cancel)
         row = self._decoder.make_row(stream, ids, params, stop_strings, output_replacements,
-                                     stop_token_ids)
+                                     stop_token_ids, session_key)
         self.lifecycle.enqueue(row)
         if self._crash is not None or self._closing.is_set():  # lost the race with a crash or close
             self.lifecycle.fail_waiting(FinishReason.ERROR if self._crash else FinishReason.CANCELLED,
@@ -236,6 +249,15 @@ class Engine:
         for job in jobs:
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(EngineClosed("the engine stopped before scoring"))
+
+    def forget(self, session_key: str) -> None:
+        """Drop the KV kept for ``session_key`` (any thread; a turn in flight keeps nothing)."""
+        if self._decoder is not None:
+            self._decoder.backend.forget(session_key)
+
+    def kv_cache_stats(self) -> KVCacheStats | None:
+        """The session KV kept by the backend (None: it keeps none, or the engine has not started)."""
+        return self._decoder.backend.kv_stats() if self._decoder is not None else None
 
     def _raise_if_failed(self) -> None:
         if self._crash is not None or (self._thread is not None and not self._thread.is_alive()):

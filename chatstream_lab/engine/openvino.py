@@ -43,6 +43,7 @@ from typing import Any
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
+from ..stats import KVCacheStats
 from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from .detokenize import Detokenizer, DetokenizerFactory
 from .lifecycle import RequestLifecycle, make_usage
@@ -148,6 +149,8 @@ class OpenVINOEngine:
         cache_size_gb: OpenVINO's KV cache (``SchedulerConfig.cache_size``, whole GB).
         enable_prefix_caching: OpenVINO's block-level prefix cache (a session's earlier turns and
             a shared system prompt are not prefilled again).
+        session_kv_budget_mb: the torch engine's option, for the same configuration: 0 turns the
+            prefix cache off; other values leave its size to ``cache_size_gb``.
         threads: inference threads (default: every core).
         gather_s: as the torch engine's: after idle, admit a burst that is still arriving before
             the first step (``8 * gather_s`` at most).
@@ -155,7 +158,8 @@ class OpenVINOEngine:
 
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  observer: LifecycleObserver | None = None, gate: AdmissionGate[Any] | None = None,
-                 cache_size_gb: int = 1, enable_prefix_caching: bool = True, threads: int | None = None,
+                 cache_size_gb: int = 1, enable_prefix_caching: bool = True,
+                 session_kv_budget_mb: float | None = None, threads: int | None = None,
                  gather_s: float = 0.01) -> None:
         if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
             raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
@@ -171,7 +175,9 @@ class OpenVINOEngine:
             Limits(num_of_concurrent_executions, max_queue_size))
         self.lifecycle: RequestLifecycle[_Row] = RequestLifecycle(self.gate, observer)
         self.cache_size_gb = cache_size_gb
-        self.enable_prefix_caching = enable_prefix_caching
+        # OpenVINO keeps a session's earlier turns by content in its block-level prefix cache (inside
+        # cache_size_gb); the torch engine's per-session budget maps onto it: 0 turns reuse off
+        self.enable_prefix_caching = enable_prefix_caching and session_kv_budget_mb != 0
         self.threads = threads
         self.gather_s = float(gather_s)
         self._detokenizers = DetokenizerFactory(model.tokenizer)
@@ -285,6 +291,12 @@ class OpenVINOEngine:
     def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
         """Not available: OpenVINO's pipeline gives no teacher-forced logprobs."""
         raise InvalidParameter(NO_LOGPROBS, name="logprobs")
+
+    def forget(self, session_key: str) -> None:
+        """Nothing to drop by session: OpenVINO's prefix cache is by content, evicted by its LRU."""
+
+    def kv_cache_stats(self) -> KVCacheStats | None:
+        return None
 
     def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
         """Stop strings that are special tokens are matched by id (as the torch decoder does)."""

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..admission import AdmissionGate
     from ..models import LoadedModel
+    from ..stats import KVCacheStats
     from .stream import RequestStream
 
 Key = Hashable
@@ -106,14 +107,23 @@ class Generator(Protocol):
         """Queue a request; raises QueueFull at once when the gate is full.
 
         ``session_key`` lets an engine keep a session's state warm (a remote engine sends a
-        session's turns to the same upstream). ``messages`` replaces ``prompt_ids`` for a remote
-        model without a local tokenizer (its own chat template renders them).
+        session's turns to the same upstream; the local engine keeps a finished turn's KV for
+        the session's next one). ``messages`` replaces ``prompt_ids`` for a remote model without a
+        local tokenizer (its own chat template renders them).
         """
         ...
 
     def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
         """Teacher-forced logprobs of ``ids[start:]`` (on the thread that owns the model); raises
         InvalidParameter where the generator cannot score (a remote one)."""
+        ...
+
+    def forget(self, session_key: str) -> None:
+        """Drop what is kept warm for ``session_key`` (its conversation was cleared); any thread."""
+        ...
+
+    def kv_cache_stats(self) -> KVCacheStats | None:
+        """The KV kept across sessions' turns (None: this generator keeps none); any thread."""
         ...
 
     def health(self) -> EngineHealth: ...
@@ -130,7 +140,9 @@ class StepBackend(Protocol[H]):
 
     rows: list[Key]
 
-    def start(self, prompt_ids: Sequence[int]) -> H: ...
+    def start(self, prompt_ids: Sequence[int], session: str | None = None) -> H:
+        """A prompt's handle; a ``session``'s kept KV (if its ids start the prompt) is used."""
+        ...
 
     def prefill(self, handle: H, budget: int) -> torch.Tensor | None:
         """Run up to ``budget`` prompt tokens; the last logits once the whole prompt is in."""
@@ -150,3 +162,16 @@ class StepBackend(Protocol[H]):
         """Teacher-forced logits ``[len(ids) - start, V]`` (row j predicts ``ids[start + j]``);
         touches no batch state, so it may run between two steps."""
         ...
+
+    def reusable(self, session: str | None, prompt_ids: Sequence[int]) -> int:
+        """How many prompt positions the session's kept KV covers (0: none; such a prompt is then
+        prefilled alone, through ``start``)."""
+        ...
+
+    def keep(self, key: Key, session: str, ids: Sequence[int] | None) -> None:
+        """Called before ``key`` leaves: keep its KV (over ``ids``) for ``session``; None: nothing."""
+        ...
+
+    def forget(self, session: str) -> None: ...
+
+    def kv_stats(self) -> KVCacheStats | None: ...

@@ -47,6 +47,7 @@ import httpx
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ConfigError, EngineUnavailable, InvalidParameter
+from ..stats import KVCacheStats
 from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from .engine import EngineClosed
 from .lifecycle import RequestLifecycle, make_usage
@@ -232,6 +233,12 @@ class RemoteEngine:
             return EngineHealth(EngineState.DEGRADED, _BACKEND, f"{down} of {len(ups)} upstreams down",
                                 upstreams=ups)
         return EngineHealth(EngineState.RUNNING, _BACKEND, upstreams=ups)
+
+    def forget(self, session_key: str) -> None:
+        """Nothing to drop here: the upstreams keep (and evict) their own caches."""
+
+    def kv_cache_stats(self) -> KVCacheStats | None:
+        return None
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every request (each gets one ``Finished``), stop the loop, join the thread."""

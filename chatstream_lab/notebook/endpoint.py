@@ -83,6 +83,13 @@ class Endpoint:
         return self._url
 
     @property
+    def page_url(self) -> str:
+        """The chat page, with the token (if any) in the URL's fragment: never sent to the server."""
+        from ..server.auth import page_url
+
+        return page_url(self._url, self.token)
+
+    @property
     def running(self) -> bool:
         return not self._stopped and self.server.running
 
@@ -154,9 +161,9 @@ class Endpoint:
             return f"<div>endpoint <code>{escape(self._url)}</code> <b>stopped</b></div>"
         snap = self.stats()
         u = escape(self.url)
-        links = " · ".join(f"<a href='{u}{p}' target='_blank'>{escape(label)}</a>" for p, label in
-                           (("/", "chat page"), ("/stats", "/stats"), ("/metrics", "/metrics"),
-                            ("/v1/models", "/v1 (OpenAI)")))
+        links = " · ".join([f"<a href='{escape(self.page_url)}' target='_blank'>chat page</a>"] + [
+            f"<a href='{u}{p}' target='_blank'>{escape(label)}</a>" for p, label in
+            (("/stats", "/stats"), ("/metrics", "/metrics"), ("/v1/models", "/v1 (OpenAI)"))])
         auth = " · bearer token required" if self.token else ""
         return (f"<div><b>serving</b> <a href='{u}' target='_blank'>{u}</a>{auth}<br>"
                 f"<small>model {escape(self.service.model.name)} · template {escape(self.config.template_name)}"

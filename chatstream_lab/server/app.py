@@ -16,8 +16,9 @@ Routes (each a few lines over the facade):
 =============================  ==========================================================
 
 Middleware, outermost first: the error shield (any escaped exception -> JSON 500 with an error
-id), CORS (only if origins are given; never ``*`` with credentials), bearer auth (only if a token
-is given), the Host / cross-site guard, the request-body limit, sessions.
+id), the body timeout (``timeouts.BodyTimeoutMiddleware``), CORS (only if origins are given; never
+``*`` with credentials), bearer auth (only if a token is given), the Host / cross-site guard, the
+request-body limit, sessions.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ from .auth import BearerAuthMiddleware
 from .chatstream import ChatStream
 from .errors import ErrorShieldMiddleware, install_handlers
 from .framing import MESSAGE_ID_HEADER
+from .timeouts import DEFAULT_BODY_TIMEOUT_S, BodyTimeoutMiddleware
 
 
 def create_app(served: ChatStream | Service | None = None, *, token: str | None = None,
                cors_origins: Sequence[str] = (), allowed_hosts: Sequence[str] | None = None,
                web_ui: bool = True, openai_api: bool = True,
                close_on_shutdown: bool | None = None, title: str = "chatstream_lab",
-               **chat_stream_options: Any) -> FastAPI:
+               body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, **chat_stream_options: Any) -> FastAPI:
     """Build the app for a :class:`ChatStream`, a :class:`~chatstream_lab.service.Service`, or
     ``ChatStream(**chat_stream_options)``.
 
@@ -60,6 +62,8 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
         web_ui / openai_api: include the chat page / the ``/v1`` routes.
         close_on_shutdown: close the engine when the app shuts down (default: when this call made
             the ChatStream).
+        body_timeout_s: a request body must arrive within this many seconds of the request
+            start, or it is answered 408 (slow-body clients).
 
     Example::
 
@@ -82,6 +86,7 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.attach()  # served again after a stop
         yield
         if close_on_shutdown:
             cs.close()
@@ -89,6 +94,9 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.chat_stream = cs
     app.state.service = service
+    # called by BackgroundServer.stop() before uvicorn closes connections: refuse new generations
+    # and cancel the open ones, so every stream ends with its final event at once
+    app.state.begin_shutdown = service.detach
     install_handlers(app)
     _add_seed_routes(app, cs)
     _add_ops_routes(app, cs)
@@ -106,7 +114,9 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
                            allow_methods=["GET", "POST", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type", "Accept"],
                            expose_headers=[MESSAGE_ID_HEADER, "Retry-After"])
-    app.add_middleware(ErrorShieldMiddleware)
+    # slow bodies are cut before anything waits on them
+    app.add_middleware(BodyTimeoutMiddleware, body_timeout_s=body_timeout_s)
+    app.add_middleware(ErrorShieldMiddleware)  # outermost
     return app
 
 

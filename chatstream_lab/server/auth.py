@@ -2,13 +2,15 @@
 
 Pure ASGI middleware. The token is compared in constant time. The page itself holds no secret,
 so it loads without a token and then sends ``Authorization: Bearer`` on its own requests (it
-takes ``?token=`` from its URL once and keeps it in the tab).
+takes ``#token=`` from its URL's fragment, which never reaches the server or its access log, and
+keeps it in the tab). :func:`page_url` makes that URL.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Iterable
+from urllib.parse import quote
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -69,3 +71,9 @@ def _is_preflight(scope: Scope) -> bool:
         return False
     names = {name for name, _ in scope.get("headers", ())}
     return b"origin" in names and b"access-control-request-method" in names
+
+
+def page_url(base_url: str, token: str | None) -> str:
+    """The chat page's URL, with the token in the fragment (``#token=...``): a browser never sends
+    a fragment, so the token stays out of access logs, proxies and Referer headers."""
+    return base_url.rstrip("/") + "/" + (f"#token={quote(token, safe='')}" if token else "")

@@ -4,8 +4,12 @@
 port fails at once with :class:`~chatstream_lab.errors.ServerStartError` naming the port and the
 fix, and port 0 gives a free port whose number is read back. uvicorn runs on a new thread with
 ``asyncio.run``-style loop of its own; its signal handling is disabled (a kernel's SIGINT must
-stay the kernel's). ``stop()`` asks uvicorn to exit, joins the thread and closes the socket, so
-the same object (or a new one on the same port) can start again.
+stay the kernel's). ``stop()`` first tells the app it is stopping (``on_stop``, by default the
+``app.state.begin_shutdown`` that :func:`~chatstream_lab.server.create_app` sets: refuse new
+generations and cancel the open ones, so every stream ends with its final event at once instead of
+being cut by uvicorn's graceful timeout), then asks uvicorn to exit, lets the tasks still on its
+loop finish, joins the thread and closes the socket, so the same object (or a new one on the same
+port) can start again.
 """
 
 from __future__ import annotations
@@ -13,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 from ..errors import ServerStartError
+from .timeouts import DEFAULT_HEADER_TIMEOUT_S, header_timeout_protocol
+
+log = logging.getLogger(__name__)
 
 
 class _QuietServer(uvicorn.Server):
@@ -42,7 +50,13 @@ class BackgroundServer:
         host: interface to bind; 127.0.0.1 unless you mean to share it on the network.
         port: 0 picks a free port (read back as :attr:`port`).
         log_level: uvicorn's log level ("warning" keeps a notebook quiet).
-        graceful_timeout_s: how long ``stop()`` lets open streams finish before cancelling them.
+        graceful_timeout_s: how long ``stop()`` lets open requests finish before uvicorn cancels
+            them (a backstop: ``on_stop`` normally ends every stream first).
+        on_stop: called first in ``stop()`` to end the app's open streams; default
+            ``app.state.begin_shutdown`` when the app has one.
+        header_timeout_s: a connection whose request head is not complete this long after it
+            opened (or after its previous response) is closed (slow-header clients).
+        uvicorn_options: passed to ``uvicorn.Config`` (e.g. ``timeout_keep_alive``, ``http``).
 
     Example::
 
@@ -52,14 +66,16 @@ class BackgroundServer:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
-                 graceful_timeout_s: float = 3.0, **uvicorn_options: Any) -> None:
+                 graceful_timeout_s: float = 3.0, on_stop: Callable[[], object] | None = None,
+                 header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, **uvicorn_options: Any) -> None:
         self.app = app
+        self.on_stop = on_stop
         self.host = host
         self.requested_port = port
         self.port: int | None = None
         self.log_level = log_level
         self.graceful_timeout_s = graceful_timeout_s
-        self.uvicorn_options = uvicorn_options
+        self.uvicorn_options = {"http": header_timeout_protocol(header_timeout_s), **uvicorn_options}
         self._server: _QuietServer | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -118,8 +134,11 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask uvicorn to exit, join its thread and free the port (idempotent)."""
+        """End the app's open streams, ask uvicorn to exit, join its thread and free the port
+        (idempotent)."""
         server, thread = self._server, self._thread
+        if server is not None and thread is not None and thread.is_alive():
+            self._begin_shutdown()
         if server is not None:
             server.should_exit = True
         if thread is not None and thread.is_alive():
@@ -143,6 +162,14 @@ class BackgroundServer:
         return f"<BackgroundServer {state}>"
 
     # -- internals ------------------------------------------------------------------------
+    def _begin_shutdown(self) -> None:
+        hook = self.on_stop or getattr(getattr(self.app, "state", None), "begin_shutdown", None)
+        if callable(hook):
+            try:
+                hook()
+            except Exception:
+                log.exception("the on_stop hook raised; stopping anyway")
+
     def _bind(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
@@ -171,5 +198,24 @@ class BackgroundServer:
             self._error = exc
         finally:
             with contextlib.suppress(Exception):
+                _finish_pending_tasks(loop)
+            with contextlib.suppress(Exception):
                 loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+
+
+def _finish_pending_tasks(loop: asyncio.AbstractEventLoop, grace_s: float = 5.0) -> None:
+    """Let the tasks uvicorn left on its loop (request tasks it cancelled at its graceful timeout,
+    which do not wait for them) end before the loop closes, as ``asyncio.run`` does: no "Task
+    was destroyed but it is pending!", and a cancelled stream still writes its final event."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        return
+    _, still = loop.run_until_complete(asyncio.wait(pending, timeout=grace_s))
+    for task in still:
+        task.cancel()
+    if still:
+        loop.run_until_complete(asyncio.wait(still, timeout=grace_s))
+    for task in pending:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.error("a server task failed while stopping", exc_info=task.exception())

@@ -74,6 +74,8 @@ class ChatStream:
         service: serve an already-built :class:`~chatstream_lab.service.Service` (e.g. a notebook
             Lab's: same engine, gate and numbers); model, template, limits and sampling options
             are then taken from it.
+        session_kv_budget_mb: memory for each session's KV kept across its turns (None: the
+            engine's default; 0: off); ignored with ``service`` (the service's engine decides).
         use_mock_response: seed option; serves the scripted model instead of ``model``.
         params: a whole SamplingParams (overrides the loose sampling fields above).
 
@@ -95,7 +97,7 @@ class ChatStream:
                  max_session_chars: int = 100_000,
                  feedback_sink: FeedbackSink | None = None, service: Service | None = None,
                  use_mock_response: bool = False, params: SamplingParams | None = None,
-                 **seed_options: Any) -> None:
+                 session_kv_budget_mb: float | None = None, **seed_options: Any) -> None:
         unknown = set(seed_options) - _IGNORED_SEED_OPTIONS
         if unknown:
             raise ConfigError(f"unknown ChatStream option(s) {sorted(unknown)}", name=sorted(unknown)[0])
@@ -105,16 +107,18 @@ class ChatStream:
             # ``params`` (a whole SamplingParams) wins over the seed's loose fields
             defaults = params or SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
                                                 top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty)
+            kv: dict[str, Any] = {} if session_kv_budget_mb is None else {"session_kv_budget_mb": session_kv_budget_mb}
             service = Service.build(loaded, config=ServeConfig(loaded.name, resolved, defaults),
                                     limits=Limits(num_of_concurrent_executions, max_queue_size),
-                                    max_input_chars=max_input_chars, request_limits=request_limits)
+                                    max_input_chars=max_input_chars, request_limits=request_limits, **kv)
         elif request_limits is not None or max_input_chars is not None:
             raise ConfigError("with service=, the request limits are the service's "
                               "(Service.build(request_limits=...))", name="request_limits")
         self.service = service
         self.sessions = SessionStore(conversation.prompt_factory(chat_prompt_clazz, service.template),
                                      service.default_params, ttl_s=session_ttl_s, max_sessions=max_sessions,
-                                     max_history_turns=max_history_turns, max_session_chars=max_session_chars)
+                                     max_history_turns=max_history_turns, max_session_chars=max_session_chars,
+                                     on_forget=service.forget)
         self.cookies = SessionCookies(session_secret, cookie)
         self.feedback_sink = feedback_sink
         self.feedback = FeedbackLog()  # kept when no sink is given (bounded in records and size)
@@ -225,7 +229,10 @@ class ChatStream:
             body = parse_chat_stream(parse_json_object(raw, self.request_limits),
                                      max_input_chars=self.max_input_chars)
             turn = self.sessions.begin_turn(handle.session_id, body.user_input, regenerate=body.regenerate)
-            encoded = encode_chat_prompt(turn.prompt, self.template, self.model.tokenizer)
+            # a conversation that outgrew the window loses its oldest turns (committed with the reply)
+            encoded, dropped = conversation.fit_to_window(
+                turn.prompt, lambda p: encode_chat_prompt(p, self.template, self.model.tokenizer),
+                conversation.prompt_budget(self.model, turn.params.max_new_tokens))
             stream = self.service.submit_encoded(encoded, turn.params, session_key=handle.session_id)
         except Exception as exc:
             if turn is not None:
@@ -238,7 +245,7 @@ class ChatStream:
         sessions, the_turn = self.sessions, turn
 
         async def on_done(outcome: Outcome, finished: Finished | None) -> None:
-            sessions.finish_turn(the_turn, finished, message_id=message_id)
+            sessions.finish_turn(the_turn, finished, message_id=message_id, dropped_turns=dropped)
             await _fire(callback, request, outcome)
 
         headers = {MESSAGE_ID_HEADER: message_id, **self._cookie_headers(request, handle)}
@@ -262,6 +269,8 @@ class ChatStream:
             "success": True, "message": "success",
             "prompt": conversation.prompt_text(prompt),
             "messages": conversation.messages_of(prompt),
+            # oldest turns trimmed to fit the window / the cap
+            "dropped_turns": session.dropped_turns if session is not None else 0,
         }))
 
     async def handle_get_generation_params_request(self, request: Request) -> Response:

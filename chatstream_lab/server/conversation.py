@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import ConfigError, TemplateError
 from ..models import LoadedModel
+from ..prompts import EncodedPrompt
 
 
 def as_loaded_model(model: Any, tokenizer: Any = None, *, use_mock_response: bool = False) -> LoadedModel:
@@ -90,3 +91,35 @@ def messages_of(prompt: Any) -> list[dict[str, str]]:
 
 def prompt_text(prompt: Any) -> str:
     return str(prompt.create_prompt())
+
+
+def prompt_budget(model: Any, max_new_tokens: int) -> int:
+    """Prompt tokens a turn may use: the context window less room for the reply (its
+    ``max_new_tokens``, at most half the window). 0 when the window is unknown (no trimming)."""
+    window = int(getattr(model, "context_window", 0) or 0)
+    if window <= 1:
+        return 0
+    return window - max(1, min(int(max_new_tokens), window // 2))
+
+
+def fit_to_window(prompt: Any, encode: Callable[[Any], EncodedPrompt], budget: int) -> tuple[EncodedPrompt, int]:
+    """Encode a session's working conversation, dropping its oldest whole turns (a user message
+    and the replies after it) while the prompt is over ``budget`` tokens.
+
+    The system prompt (kept apart from the turns) and the last user turn always stay: a turn
+    that alone is too long is left to the engine's own refusal. Conversations that are not
+    ChatPrompt-like (no ``chat_contents`` list) or have no token ids (a remote model's own
+    template) are encoded untouched. Returns the encoding and how many user turns were dropped;
+    ``prompt`` is trimmed in place (it is the turn's private copy, committed with the reply).
+    """
+    encoded = encode(prompt)
+    contents = getattr(prompt, "chat_contents", None)
+    dropped = 0
+    while budget > 0 and encoded.ids and len(encoded.ids) > budget and isinstance(contents, list):
+        starts = [i for i, c in enumerate(contents) if getattr(c, "role", None) == "user"]
+        if len(starts) < 2:
+            break
+        del contents[:starts[1]]  # the oldest turn: its user message and every reply up to the next one
+        dropped += 1
+        encoded = encode(prompt)
+    return encoded, dropped

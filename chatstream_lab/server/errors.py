@@ -153,6 +153,8 @@ def install_handlers(app: Any) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc.__cause__, ChatStreamLabError):  # e.g. FastAPI's body parsing hit a BodyTimeout
+            return error_response(exc.__cause__)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "invalid_request")
         return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

@@ -2,7 +2,10 @@
 not) and ``GET /v1/models``.
 
 Stateless: the conversation comes in ``messages`` (or a raw ``prompt``: text, or token ids);
-sessions are not involved. Sampling fields map to :class:`~chatstream_lab.config.SamplingParams`
+sessions are not involved. A chat request that sends OpenAI's ``user`` field is a session for the
+engine's KV reuse (``openai-user:<user>``): the next request of that user prefills only what its
+messages add after the longest common token prefix with that user's last request. Without ``user``
+nothing is kept. Sampling fields map to :class:`~chatstream_lab.config.SamplingParams`
 (``max_tokens`` / ``max_completion_tokens`` -> ``max_new_tokens``; ``top_k``, ``min_p`` and
 ``repetition_penalty`` are accepted as extensions). Chat ``logprobs`` + ``top_logprobs`` and
 completions ``logprobs`` (+ ``echo``: the prompt's logprobs, computed by the engine thread in one
@@ -69,6 +72,7 @@ class ChatCompletionRequest(BaseModel):
     n: int = 1
     logprobs: bool | None = None
     top_logprobs: int | None = None
+    user: str | None = Field(default=None, max_length=256)
 
 
 class CompletionRequest(BaseModel):
@@ -246,7 +250,8 @@ def make_router(service: Service) -> APIRouter:
             req = read_request(await request.body(), limits, ChatCompletionRequest)
             params = to_params(req, service.default_params, limits)
             messages = to_messages(req, limits.max_input_chars, limits.max_messages)
-            stream = service.submit_encoded(service.encode(messages), params)
+            session_key = None if not req.user else f"openai-user:{req.user}"
+            stream = service.submit_encoded(service.encode(messages), params, session_key=session_key)
         except ChatStreamLabError as exc:
             return error_response(exc)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"

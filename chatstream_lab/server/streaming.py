@@ -8,8 +8,9 @@ by the HTTP layer. A request still queued when its client leaves is withdrawn by
 never runs.
 
 Invariant: ``on_done`` is awaited exactly once per response, on every path (success, disconnect
-before or during streaming, error, server shutdown), with the :class:`Outcome` and the final
-event (None if it never came).
+before or during streaming, error, server shutdown, a response that is never sent because the
+endpoint that made it raised), with the :class:`Outcome` and the final event (None if it never came
+or was not sent).
 """
 
 from __future__ import annotations
@@ -82,60 +83,105 @@ class EventStreamResponse(Response):
         self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **dict(headers or {})})
         self.closing = closing
         self._called = False
-        # Safety net: a response that is dropped without ever being sent (an exception in the
-        # user's endpoint after our call) must not keep a request queued forever.
+        # A response that is never sent (the user's endpoint raised after our call returned it)
+        # must still end its generation and have on_done awaited once: the request's task is
+        # watched, and when it ends with the response unsent, the response is abandoned. Without
+        # a task to watch, a finalizer cancels the generation when the response is dropped.
+        self._task = _current_task()
         self._finalizer = weakref.finalize(self, _abandon, stream, on_abandon)
+        if self._task is not None:
+            self._finalizer.detach()
+            self._task.add_done_callback(self._request_task_done)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._called:
             raise RuntimeError("an EventStreamResponse can be sent only once")
         self._called = True
         self._finalizer.detach()
+        if self._task is not None:
+            self._task.remove_done_callback(self._request_task_done)
         disconnected = asyncio.Event()
         watcher = asyncio.create_task(self._watch_disconnect(receive, disconnected))
-        saw_text = False
-        finished: Finished | None = None
+        progress = _Progress()
         failed = False
         try:
             try:
-                await send({"type": "http.response.start", "status": self.status_code,
-                            "headers": self.raw_headers})
-            except OSError:
-                self._client_left(disconnected)
-            async for event in self.stream:
-                if isinstance(event, Finished):
-                    finished = event
-                elif isinstance(event, Delta) and event.text and not disconnected.is_set():
-                    saw_text = True
-                chunk = self.encoder.encode(event)
-                if chunk and not disconnected.is_set():
-                    await self._send_body(send, chunk, disconnected)
-            if not disconnected.is_set():
-                if self.closing:
-                    await self._send_body(send, self.closing, disconnected)
-                await self._send_body(send, b"", disconnected, more=False)
-        except asyncio.CancelledError:
-            # the server tears this task down (shutdown): stop generating, wait for the retire
-            self.stream.cancel()
-            finished = finished or await _drain(self.stream)
-            disconnected.set()
-            raise
+                await self._stream_all(send, disconnected, progress)
+            except asyncio.CancelledError:
+                # The server tears this task down (its graceful timeout ran out, or its loop is
+                # ending): stop generating, wait for the engine's retire, and still end the body
+                # with the final event, so the client is told the reply is over, not cut off.
+                _uncancel_current_task()
+                self.stream.cancel()
+                progress.finished = progress.finished or await _drain(self.stream)
+                await self._end_body(send, disconnected, progress)
         except Exception:
             failed = True
             log.exception("error while streaming a response")
             self.stream.cancel()
-            finished = finished or await _drain(self.stream)
+            progress.finished = progress.finished or await _drain(self.stream)
         finally:
             watcher.cancel()
             self.stream.cancel()  # no-op once finished
-            outcome = _outcome(disconnected.is_set(), saw_text, finished, failed)
-            if self.on_done is not None:
+            outcome = _outcome(disconnected.is_set(), progress.saw_text, progress.finished, failed)
+            if self.on_done is not None:  # first: the client may already send its next request
                 try:
-                    await self.on_done(outcome, finished)
+                    await self.on_done(outcome, progress.finished)
                 except Exception:
                     log.exception("on_done hook raised")
+            with contextlib.suppress(BaseException):  # let the watcher see its cancel before we go
+                await asyncio.wait([watcher], timeout=1.0)
         if self.background is not None:
             await self.background()
+
+    def _request_task_done(self, task: asyncio.Task[Any]) -> None:
+        """The request's task ended and this response was never sent: end its generation, and
+        await ``on_done(UNKNOWN_ERROR_OCCURRED, None)`` once (no result, so no turn committed)."""
+        if self._called:
+            return
+        self._called = True
+        self.stream.cancel()
+        try:
+            task.get_loop().create_task(self._abandoned())
+        except RuntimeError:  # the loop is closed: only the synchronous part can still run
+            _abandon(self.stream, None)
+
+    async def _abandoned(self) -> None:
+        if self.on_done is not None:
+            try:
+                await self.on_done(Outcome.UNKNOWN_ERROR_OCCURRED, None)
+            except Exception:
+                log.exception("on_done hook raised")
+
+    async def _stream_all(self, send: Send, disconnected: asyncio.Event, progress: _Progress) -> None:
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            progress.started = True
+        except OSError:
+            self._client_left(disconnected)
+        async for event in self.stream:
+            progress.see(event, counts=not disconnected.is_set())
+            if isinstance(event, Finished):
+                break
+            chunk = self.encoder.encode(event)
+            if chunk and not disconnected.is_set():
+                await self._send_body(send, chunk, disconnected)
+        await self._end_body(send, disconnected, progress)
+
+    async def _end_body(self, send: Send, disconnected: asyncio.Event, progress: _Progress) -> None:
+        """Write the final event (the engine's, or a ``cancelled`` one if it never came), the
+        closing bytes and the end of the body; each at most once."""
+        if progress.ended or disconnected.is_set() or not progress.started:
+            return
+        progress.ended = True
+        final = progress.finished or progress.synthetic_finish()
+        chunk = self.encoder.encode(final)
+        if chunk:
+            await self._send_body(send, chunk, disconnected)
+        if self.closing:
+            await self._send_body(send, self.closing, disconnected)
+        await self._send_body(send, b"", disconnected, more=False)
 
     async def _send_body(self, send: Send, chunk: bytes, disconnected: asyncio.Event,
                          more: bool = True) -> None:
@@ -181,6 +227,43 @@ async def collect_final(stream: CancellableStream, receive: Receive,
     finally:
         watcher.cancel()
         stream.cancel()
+
+
+class _Progress:
+    """What one response has seen and sent so far (mutated only by its own task)."""
+
+    def __init__(self) -> None:
+        self.started = False  # http.response.start went out
+        self.ended = False  # the final event and the end of body went out (or were attempted)
+        self.saw_text = False  # the client received some reply text
+        self.finished: Finished | None = None
+        self.request_id: Any = ""
+        self.text = ""
+
+    def see(self, event: StreamEvent, *, counts: bool) -> None:
+        self.request_id = getattr(event, "request_id", self.request_id)
+        if isinstance(event, Finished):
+            self.finished = event
+        elif isinstance(event, Delta) and event.text:
+            self.text += event.text
+            self.saw_text = self.saw_text or counts
+
+    def synthetic_finish(self) -> Finished:
+        """The final event when the engine's never came (it did not answer within the drain)."""
+        return Finished(self.request_id, FinishReason.CANCELLED, self.text)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
+
+
+def _uncancel_current_task() -> None:
+    task = asyncio.current_task()
+    if task is not None and hasattr(task, "uncancel"):  # Python 3.11+
+        task.uncancel()
 
 
 def _outcome(disconnected: bool, saw_text: bool, finished: Finished | None, failed: bool) -> Outcome:

@@ -14,6 +14,8 @@ Invariants:
   used idle ones are evicted), and history is trimmed to ``max_history_turns`` user turns and to
   ``max_session_chars`` characters of messages (oldest turns first), so the store never holds more
   than ``max_sessions * max_session_chars`` characters of conversation (:meth:`SessionStore.usage`);
+  the server also trims the oldest turns of a conversation that outgrew the context window, and each
+  session counts the turns it lost (``dropped_turns``, reset by :meth:`SessionStore.clear`);
 * only callers that need a session create one (:meth:`SessionStore.get_or_create`); lookups
   (:meth:`SessionStore.get`) never do, so read-only traffic cannot evict anyone.
 """
@@ -21,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import logging
 import secrets
 import threading
 import time
@@ -32,6 +35,8 @@ from typing import Any, NewType, Protocol
 from ..config import SamplingParams
 from ..errors import ConfigError, NothingToRegenerate, SessionBusy, SessionError
 from ..types import Finished, FinishReason
+
+log = logging.getLogger(__name__)
 
 SessionId = NewType("SessionId", str)
 _MAX_MESSAGE_IDS = 64
@@ -60,6 +65,7 @@ class Session:
     busy: bool = False
     epoch: int = 0  # bumped by clear(); a turn begun in an older epoch is not committed
     chars: int = 0  # message characters held (conversation + remembered replies), see usage()
+    dropped_turns: int = 0  # oldest user turns trimmed away since the last clear (window or cap)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,6 +93,9 @@ class SessionStore:
         max_session_chars: message characters kept per session (oldest turns dropped first; the
             newest turn is always kept whole).
         clock: monotonic seconds; injectable for tests.
+        on_forget: called with a session id whose conversation is gone (cleared, replaced,
+            deleted, expired, evicted), so whatever was kept warm for it (the engine's KV) is
+            dropped. Called under the store's lock: it must be quick and must not call back.
 
     Example::
 
@@ -101,7 +110,8 @@ class SessionStore:
 
     def __init__(self, new_prompt: Callable[[], Any], default_params: SamplingParams | None = None, *,
                  ttl_s: float = 3600.0, max_sessions: int = 1000, max_history_turns: int = 50,
-                 max_session_chars: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_session_chars: int = 100_000, clock: Callable[[], float] = time.monotonic,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         for name, value in (("ttl_s", ttl_s), ("max_sessions", max_sessions),
                             ("max_history_turns", max_history_turns), ("max_session_chars", max_session_chars)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -113,6 +123,7 @@ class SessionStore:
         self.max_history_turns = int(max_history_turns)
         self.max_session_chars = int(max_session_chars)
         self._clock = clock
+        self._on_forget = on_forget
         self._lock = threading.RLock()
         self._sessions: OrderedDict[SessionId, Session] = OrderedDict()  # LRU order
 
@@ -157,7 +168,8 @@ class SessionStore:
 
     def delete(self, session_id: str) -> None:
         with self._lock:
-            self._sessions.pop(SessionId(session_id), None)
+            if self._sessions.pop(SessionId(session_id), None) is not None:
+                self._forgot(SessionId(session_id))
 
     def purge_expired(self) -> int:
         """Drop idle sessions older than ``ttl_s``; returns how many went."""
@@ -166,6 +178,7 @@ class SessionStore:
             dead = [sid for sid, s in self._sessions.items() if s.last_used < cutoff and not s.busy]
             for sid in dead:
                 del self._sessions[sid]
+                self._forgot(sid)
             return len(dead)
 
     def __len__(self) -> int:
@@ -202,13 +215,16 @@ class SessionStore:
             return Turn(session.id, work, None if regenerate else user_input, regenerate,
                         session.params, session.epoch)
 
-    def finish_turn(self, turn: Turn, finished: Finished | None, *, message_id: str | None = None) -> bool:
+    def finish_turn(self, turn: Turn, finished: Finished | None, *, message_id: str | None = None,
+                    dropped_turns: int = 0) -> bool:
         """End ``turn`` (call it in ``finally``); idempotent. Returns True if history changed.
 
         The reply is committed when the turn produced text and did not fail (a cancelled turn
         keeps its partial text; a failed one is never taken as the assistant's turn). With no
         text, an error, or ``finished`` None, history stays as it was.
         ``message_id`` names the committed reply (for feedback); the last 64 are remembered.
+        ``dropped_turns``: user turns the caller trimmed from ``turn.prompt`` to fit the context
+        window; counted in :attr:`Session.dropped_turns` with those the turn cap drops.
         """
         with self._lock:
             if turn._done[0]:
@@ -226,7 +242,7 @@ class SessionStore:
                     not text and finished.finish_reason is FinishReason.CANCELLED):
                 return False
             _close_open_turn(turn.prompt, text, message_id)
-            _trim(turn.prompt, self.max_history_turns)
+            session.dropped_turns += dropped_turns + _trim(turn.prompt, self.max_history_turns)
             session.prompt = turn.prompt
             if message_id is not None:
                 session.message_ids[message_id] = text
@@ -256,7 +272,9 @@ class SessionStore:
             session = self.require(session_id)
             session.prompt = prompt
             session.epoch += 1
+            session.dropped_turns = 0
             self._fit(session)
+            self._forgot(session.id)
 
     def set_prompt(self, session_id: str, prompt: Any) -> None:
         with self._lock:
@@ -264,6 +282,7 @@ class SessionStore:
             session.prompt = prompt
             session.epoch += 1
             self._fit(session)
+            self._forgot(session.id)
 
     def params(self, session_id: str) -> SamplingParams:
         return self.require(session_id).params
@@ -284,6 +303,7 @@ class SessionStore:
                 return None
             if not session.busy and session.last_used < now - self.ttl_s:
                 del self._sessions[sid]
+                self._forgot(sid)
                 return None
             session.last_used = now
             self._sessions.move_to_end(sid)
@@ -298,6 +318,16 @@ class SessionStore:
             if victim is None:
                 raise SessionError(f"too many sessions in flight (max_sessions={self.max_sessions})")
             del self._sessions[victim]
+            self._forgot(victim)
+
+    def _forgot(self, sid: SessionId) -> None:
+        """Tell ``on_forget`` a conversation is gone (the engine drops its kept KV); never raises."""
+        if self._on_forget is None:
+            return
+        try:
+            self._on_forget(sid)
+        except Exception:  # an optimisation's hook must not break the session store
+            log.exception("on_forget raised for a session")
 
 
 class SessionView(MutableMapping[str, Any]):
@@ -396,12 +426,13 @@ def _close_open_turn(work: Any, text: str, message_id: str | None) -> None:
         work.set_responder_last_msg_id(message_id)
 
 
-def _trim(prompt: Any, max_turns: int) -> None:
-    """Drop the oldest turns so at most ``max_turns`` user messages remain (system message kept)."""
+def _trim(prompt: Any, max_turns: int) -> int:
+    """Drop the oldest turns so at most ``max_turns`` user messages remain (system message kept);
+    returns how many went."""
     contents = getattr(prompt, "chat_contents", None)
     if not isinstance(contents, list) or prompt.get_turn() <= max_turns:
-        return
-    excess = prompt.get_turn() - max_turns
+        return 0
+    excess = dropped = prompt.get_turn() - max_turns
     cut = 0
     for i, c in enumerate(contents):
         if c.role == "user":
@@ -412,6 +443,7 @@ def _trim(prompt: Any, max_turns: int) -> None:
     else:
         cut = len(contents)
     del contents[:cut]
+    return dropped
 
 
 def _trim_to_chars(prompt: Any, max_chars: int) -> int:

@@ -2,7 +2,7 @@
 
 from .metrics import percentile, rate, window_rate
 from .prometheus import PrometheusExporter
-from .recorder import StatsPoint, StatsRecorder, StatsSnapshot
+from .recorder import KVCacheStats, StatsPoint, StatsRecorder, StatsSnapshot
 
-__all__ = ["PrometheusExporter", "StatsPoint", "StatsRecorder", "StatsSnapshot", "percentile", "rate",
+__all__ = ["KVCacheStats", "PrometheusExporter", "StatsPoint", "StatsRecorder", "StatsSnapshot", "percentile", "rate",
            "window_rate"]

@@ -43,7 +43,20 @@ def snapshot_metrics(s: StatsSnapshot, prefix: str = "chatstream") -> list[Metri
     throughput = GaugeMetricFamily(f"{prefix}_throughput_tokens_per_second",
                                    f"All requests together over the last {s.window_s:g} s",
                                    value=s.throughput_tokens_per_s)
-    return [info, running, queued, outcomes, tokens, ttft, tps, throughput]
+    families: list[Metric] = [info, running, queued, outcomes, tokens, ttft, tps, throughput]
+    if s.kv_cache is not None:
+        kv = s.kv_cache
+        families += [
+            GaugeMetricFamily(f"{prefix}_session_kv_bytes", "KV kept for sessions across turns",
+                              value=float(kv.bytes)),
+            GaugeMetricFamily(f"{prefix}_session_kv_entries", "Sessions with kept KV", value=float(kv.entries)),
+            CounterMetricFamily(f"{prefix}_session_kv_reused_tokens",
+                                "Prompt tokens not prefilled thanks to kept session KV",
+                                value=float(kv.reused_tokens)),
+            CounterMetricFamily(f"{prefix}_session_kv_evictions", "Kept session KV entries evicted",
+                                value=float(kv.evictions)),
+        ]
+    return families
 
 
 class _SnapshotCollector(Collector):

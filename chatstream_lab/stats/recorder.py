@@ -34,6 +34,33 @@ class StatsPoint:
 
 
 @dataclass(frozen=True, slots=True)
+class KVCacheStats:
+    """Per-session KV kept across turns (the engine's), as ``/stats`` shows it under ``kv_cache``.
+
+    ``bytes`` is what the kept entries hold; ``batch_bytes`` the live batch's KV, which counts
+    against the same ``budget_bytes`` and wins over kept entries. ``reused_tokens`` are prompt
+    positions a turn did not prefill because its session's KV was kept; ``prefilled_tokens`` the
+    prompt positions the model did run (every request, reuse or not).
+    """
+
+    entries: int
+    bytes: int
+    budget_bytes: int
+    batch_bytes: int = 0
+    hits: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    stored: int = 0
+    evictions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"entries": self.entries, "bytes": self.bytes, "budget_bytes": self.budget_bytes,
+                "batch_bytes": self.batch_bytes, "hits": self.hits, "reused_tokens": self.reused_tokens,
+                "prefilled_tokens": self.prefilled_tokens, "stored": self.stored,
+                "evictions": self.evictions}
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     """Counts and latency figures at one instant. Times are seconds; rates tokens per second."""
 
@@ -52,6 +79,7 @@ class StatsSnapshot:
     uptime_s: float
     config_id: str
     history: tuple[StatsPoint, ...] = ()
+    kv_cache: KVCacheStats | None = None  # None: the generator keeps no session KV
 
     def as_dict(self, *, with_history: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -62,6 +90,7 @@ class StatsSnapshot:
             "throughput_tokens_per_s": self.throughput_tokens_per_s, "window_s": self.window_s,
             "completion_tokens_total": self.completion_tokens_total, "uptime_s": self.uptime_s,
             "config_id": self.config_id,
+            "kv_cache": None if self.kv_cache is None else self.kv_cache.as_dict(),
         }
         if with_history:
             d["history"] = [
@@ -83,6 +112,7 @@ class StatsRecorder:
         load: where running / queued come from (the admission gate's ``snapshot``, which has
             ``running`` and ``waiting``): the gate is the one place that knows them. Without it
             (a recorder on its own) they are counted from the lifecycle events.
+        kv_cache: where the session-KV figures come from (the generator's); None: not shown.
 
     Example::
 
@@ -93,13 +123,15 @@ class StatsRecorder:
 
     def __init__(self, config_id: str = "", *, window_s: float = 10.0, max_samples: int = 1000,
                  max_history: int = 2000, clock: Callable[[], float] = time.monotonic,
-                 load: Callable[[], Any] | None = None) -> None:
+                 load: Callable[[], Any] | None = None,
+                 kv_cache: Callable[[], KVCacheStats | None] | None = None) -> None:
         if window_s <= 0:
             raise ValueError(f"window_s must be > 0, got {window_s!r}")
         self.config_id = config_id
         self.window_s = window_s
         self._clock = clock
         self._load = load
+        self._kv_cache = kv_cache
         self._t0 = clock()
         self._lock = threading.Lock()
         self._waiting: set[RequestId] = set()
@@ -173,6 +205,7 @@ class StatsRecorder:
             throughput_tokens_per_s=window_rate(spans, now, self.window_s),
             window_s=self.window_s, completion_tokens_total=tokens_total,
             uptime_s=now - self._t0, config_id=self.config_id, history=history,
+            kv_cache=self._kv_cache() if self._kv_cache is not None else None,
         )
 
     def _counts_now(self) -> tuple[int, int]:

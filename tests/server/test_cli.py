@@ -30,3 +30,79 @@ def test_bad_command_lines_exit_with_usage(argv, capsys):
 def test_serve_reports_load_errors_without_a_traceback(capsys):
     assert cli.main(["serve", "--model", "/does/not/exist", "--port", "0"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def _serve_args(*argv: str):
+    return cli.build_parser().parse_args(["serve", *argv])
+
+
+def test_the_token_comes_from_a_file_or_the_environment(tmp_path, capsys):
+    from chatstream_lab.errors import ConfigError
+
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    assert cli.resolve_token(_serve_args("--token-file", str(secret)), {}) == "from-a-file"
+    assert cli.resolve_token(_serve_args(), {cli.TOKEN_ENV: "from-env"}) == "from-env"
+    assert cli.resolve_token(_serve_args(), {}) is None
+    assert "warning" not in capsys.readouterr().err
+    # --token still works, says why it should not be used, and wins over the environment
+    assert cli.resolve_token(_serve_args("--token", "argv"), {cli.TOKEN_ENV: "from-env"}) == "argv"
+    assert "process list" in capsys.readouterr().err
+    for argv, env in ((("--token", "a", "--token-file", str(secret)), {}),
+                      (("--token-file", str(tmp_path / "missing")), {}),
+                      (("--token-file", str(secret.with_name("empty"))), {}),
+                      ((), {cli.TOKEN_ENV: "two words"})):
+        if "empty" in " ".join(argv):
+            secret.with_name("empty").write_text("\n")
+        with pytest.raises(ConfigError):
+            cli.resolve_token(_serve_args(*argv), env)
+
+
+@pytest.mark.real_model
+def test_served_token_never_reaches_the_process_list_or_the_access_log(real_model, tmp_path):
+    """``chatstream-lab serve`` with ``$CHATSTREAM_LAB_TOKEN``: the printed page URL carries the
+    token in its fragment; the page flow (page, script, history, a streamed reply, all with the
+    bearer header) leaves no trace of it in uvicorn's access log or in ``ps`` (issue 10, row 10)."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    token = "s3cret-token-" + os.urandom(4).hex()
+    env = dict(os.environ, **{cli.TOKEN_ENV: token}, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "chatstream_lab.cli", "serve", "--port", "0",
+                             "--max-new-tokens", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"at (http://\S+)", line)
+        assert match, line + proc.stderr.read() if proc.poll() is not None else line
+        page = match.group(1)
+        assert page.endswith(f"/#token={token}") and "?" not in page
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            assert token.encode() not in f.read()
+        base = page.split("#", 1)[0].rstrip("/")
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=base, timeout=60) as client:
+            assert client.get(page).status_code == 200  # httpx, like a browser, never sends the fragment
+            assert client.get("/static/app.js").status_code == 200
+            assert client.get("/get_prompt").status_code == 401
+            assert client.get("/get_prompt", headers=auth).status_code == 200
+            r = client.post("/chat_stream", json={"user_input": "Hi"},
+                            headers={**auth, "accept": "text/event-stream"})
+            assert r.status_code == 200 and "event: done" in r.text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    logs = out + err  # uvicorn's access log goes to stdout, after the line with the page URL
+    assert "POST /chat_stream" in logs and "GET /get_prompt" in logs, logs[-2000:]
+    assert token not in logs, logs[-2000:]
+    assert "Traceback" not in logs, logs[-3000:]

@@ -135,3 +135,60 @@ def test_constructor_starts_nothing_and_rejects_unknown_options():
     assert info.value.name == "max_que_size"
     with pytest.raises(ConfigError):
         ChatStream(model=None)
+
+
+@pytest.mark.parametrize("user_middleware", [False, True])
+@pytest.mark.parametrize("raises", ["RuntimeError", "HTTPException"])
+def test_callback_fires_once_when_the_endpoint_raises_after_the_call(user_middleware, raises):
+    """Issue 10, row 15: the user's endpoint raises after ``handle_chat_stream_request`` returned
+    its (never sent) response. The callback still fires exactly once, the slot and the session's
+    turn are freed, and the history is unchanged."""
+    import gc
+
+    from fastapi import HTTPException
+
+    chat_stream = ChatStream(model=scripted_model("fine", token_delay=0.02), template="chatml",
+                             num_of_concurrent_executions=1, max_queue_size=1)
+    seen: list[str] = []
+
+    async def callback(request, message):
+        seen.append(message)
+
+    app = FastAPI()
+    chat_stream.append_middlewares(app)
+    if user_middleware:
+        @app.middleware("http")
+        async def timing(request: Request, call_next):  # a BaseHTTPMiddleware, as tutorials show
+            return await call_next(request)
+
+    @app.post("/chat_stream")
+    async def stream_api(request: Request):
+        return await chat_stream.handle_chat_stream_request(request, callback=callback)
+
+    @app.post("/chat_stream_then_fail")
+    async def stream_api_fails(request: Request):
+        await chat_stream.handle_chat_stream_request(request, callback=callback)
+        if raises == "HTTPException":
+            raise HTTPException(status_code=418, detail="changed my mind")
+        raise RuntimeError("a bug in the user's endpoint")
+
+    with serving(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert seed_reply(client.post("/chat_stream", json={"user_input": "one"}).text) == "fine"
+        r = client.post("/chat_stream_then_fail", json={"user_input": "two"})
+        assert r.status_code == (418 if raises == "HTTPException" else 500)
+        assert wait_for(lambda: len(seen) == 2)
+        gc.collect()
+        assert wait_for(lambda: chat_stream.load()["running"] == 0 and chat_stream.load()["queued"] == 0)
+        assert seen == ["success", "unknown_error_occurred"]
+        # the session is free again and its history holds only the first turn
+        assert seed_reply(client.post("/chat_stream", json={"user_input": "three"}).text) == "fine"
+        (sid,) = chat_stream.sessions._sessions
+
+        def user_turns() -> list[str]:
+            messages = chat_stream.sessions.require(sid).prompt.to_messages()
+            return [m["content"] for m in messages if m["role"] == "user"]
+
+        # (a BaseHTTPMiddleware forwards the body's end before the inner task commits the turn)
+        assert wait_for(lambda: len(seen) == 3 and user_turns() == ["one", "three"])
+        assert seen == ["success", "unknown_error_occurred", "success"]
+    chat_stream.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import re
 
@@ -9,7 +11,8 @@ import httpx
 import pytest
 
 from chatstream_lab.models import echo_reply, scripted_model
-from chatstream_lab.server import ChatStream, create_app
+from chatstream_lab.server import BackgroundServer, ChatStream, create_app
+from chatstream_lab.server.auth import page_url
 
 from .conftest import serving, stats, wait_for
 
@@ -98,14 +101,27 @@ def test_chat_page_stream_stop_regenerate_clear(browser):
 def test_chat_page_with_token_and_queue_full_error(browser):
     cs = ChatStream(model=scripted_model(script, token_delay=0.01), template="chatml",
                     num_of_concurrent_executions=1, max_queue_size=0, max_new_tokens=1000)
-    with serving(create_app(cs, token="page-token-123", close_on_shutdown=True)) as url:
+    server = BackgroundServer(create_app(cs, token="page-token-123", close_on_shutdown=True), port=0,
+                              log_level="info").start(15)
+    access_log = io.StringIO()
+    handler = logging.StreamHandler(access_log)
+    logging.getLogger("uvicorn.access").addHandler(handler)
+    try:
+        url = server.url
         page = browser.new_page()
-        page.goto(url + "/?token=page-token-123")
+        page.goto(page_url(url, "page-token-123"))  # what the CLI prints: the token in the fragment
+        assert "#token=" in page_url(url, "page-token-123")
         assert "token" not in page.url  # taken out of the address bar, kept in the page
         page.fill("#input", "hi")
         page.click("#send")
         wait_done(page)
         assert last_assistant(page).startswith("You said: hi")
+        page.reload()  # the tab keeps the token (sessionStorage): the history loads again
+        expect(page.locator(".msg.user .text").first).to_have_text("hi", timeout=10_000)
+        # the server saw the page flow, and its access log never the token (issue 10, row 10)
+        logged = access_log.getvalue()
+        assert "POST /chat_stream" in logged and "GET /get_prompt" in logged, logged
+        assert "page-token-123" not in logged, logged
         # hold the only slot from outside, then the page gets a readable 429
         from chatstream_lab.config import SamplingParams
 
@@ -118,6 +134,9 @@ def test_chat_page_with_token_and_queue_full_error(browser):
         held.cancel()
         held.result(timeout=5)
         page.close()
+    finally:
+        logging.getLogger("uvicorn.access").removeHandler(handler)
+        server.stop()
 
 
 ATTACKER = """<!doctype html><title>attacker</title><script>

@@ -228,3 +228,30 @@ def test_a_stop_string_with_a_lone_surrogate_is_refused_on_every_path():
     with pytest.raises(InvalidParameter):
         store.set_params(sid, stop=("\udfff",))
     assert store.params(sid).stop == ()
+
+
+def test_on_forget_hears_every_conversation_that_goes():
+    clock = Clock()
+    gone: list[str] = []
+    store = make_store(ttl_s=10, max_sessions=2, clock=clock, on_forget=gone.append)
+    a, b = store.create(), store.create()
+    store.clear(a)
+    assert gone == [a]
+    store.set_prompt(b, ChatPrompt(template="chatml"))
+    assert gone == [a, b]
+    c = store.create()  # over max_sessions: the least recently used (a) is evicted
+    assert gone[-1] == a and a not in store
+    store.delete(c)
+    assert gone[-1] == c
+    clock.t += 11
+    assert store.get(b) is None and gone[-1] == b  # expired
+
+
+def test_an_on_forget_that_raises_does_not_break_the_store():
+    def broken(sid: str) -> None:
+        raise RuntimeError("hook bug")
+
+    store = make_store(on_forget=broken)
+    sid = store.create()
+    store.clear(sid)
+    assert history(store, sid) == []

@@ -72,3 +72,17 @@ def test_prometheus_uses_own_registry_and_renders_snapshot():
     assert 'chatstream_requests_total{outcome="rejected"} 1.0' in text1
     assert 'chatstream_requests_total{outcome="rejected"} 0.0' in text2
     assert "chatstream_running_requests 0.0" in text2
+
+
+def test_session_kv_figures_come_from_the_provider_into_json_and_prometheus():
+    from chatstream_lab.stats import KVCacheStats
+
+    figures = KVCacheStats(entries=2, bytes=4096, budget_bytes=1 << 20, hits=3, reused_tokens=700,
+                           prefilled_tokens=90, stored=4, evictions=1)
+    rec = StatsRecorder("cfg", kv_cache=lambda: figures)
+    d = rec.snapshot().as_dict()
+    assert d["kv_cache"]["reused_tokens"] == 700 and d["kv_cache"]["bytes"] == 4096
+    text = PrometheusExporter(rec).render().decode()
+    assert "chatstream_session_kv_bytes 4096.0" in text
+    assert "chatstream_session_kv_reused_tokens_total 700.0" in text
+    assert StatsRecorder("cfg").snapshot().as_dict()["kv_cache"] is None

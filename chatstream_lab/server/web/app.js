@@ -12,15 +12,17 @@
   const TOKEN_KEY = "chatstream_lab.token";
   let controller = null; // AbortController of the reply in flight
 
-  // A bearer token given once as ?token=... is kept for this tab and removed from the address bar.
+  // A bearer token comes in the URL's fragment (#token=...), which browsers never send to the
+  // server, so it never reaches an access log or a proxy. It is kept for this tab
+  // (sessionStorage) and removed from the address bar; it is sent only as a bearer header.
   function token() {
-    const params = new URLSearchParams(window.location.search);
-    const fromUrl = params.get("token");
+    const hash = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+    const fromUrl = hash.get("token");
     if (fromUrl) {
       try { sessionStorage.setItem(TOKEN_KEY, fromUrl); } catch (e) { /* private mode */ }
-      params.delete("token");
-      const rest = params.toString();
-      history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : "") + window.location.hash);
+      hash.delete("token");
+      const rest = hash.toString();
+      history.replaceState(null, "", window.location.pathname + window.location.search + (rest ? "#" + rest : ""));
       window.__chatstreamToken = fromUrl;
     }
     if (window.__chatstreamToken) return window.__chatstreamToken;
