@@ -241,7 +241,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
                            "loadavg_before": loadavg(), "levels": {}}
-    servers = {"openvino-http": Server("openvino", args.max_new_tokens), "torch-http": Server("torch", args.max_new_tokens)}
+    servers = {"openvino-http": Server("openvino", args.max_new_tokens),
+               "torch-http": Server("torch", args.max_new_tokens)}
     direct = Direct()
     try:
         for s in servers.values():

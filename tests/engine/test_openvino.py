@@ -75,12 +75,16 @@ def test_a_parameter_openvino_cannot_honour_is_refused_by_name(openvino_model) -
 def test_a_crashing_engine_thread_ends_every_request_and_later_ones_fail_fast(openvino_model) -> None:
     engine = OpenVINOEngine(openvino_model, num_of_concurrent_executions=1, max_queue_size=2)
 
-    def broken_collect() -> None:
+    all_in = threading.Event()
+
+    def broken_collect() -> None:  # after the first step, once every request is in
+        all_in.wait(10)
         raise MemoryError("injected")
 
     engine._collect = broken_collect  # type: ignore[method-assign]
     try:
         streams = [engine.submit(_ids(openvino_model, "hi"), GREEDY) for _ in range(3)]
+        all_in.set()
         finals = [s.result(30) for s in streams]
         assert [f.finish_reason for f in finals] == [FinishReason.ERROR] * 3
         assert engine.gate.snapshot().running == 0 and engine.gate.snapshot().waiting == 0

@@ -106,3 +106,26 @@ def test_served_token_never_reaches_the_process_list_or_the_access_log(real_mode
     assert "POST /chat_stream" in logs and "GET /get_prompt" in logs, logs[-2000:]
     assert token not in logs, logs[-2000:]
     assert "Traceback" not in logs, logs[-3000:]
+
+
+def test_backend_and_dtype_options_for_serve_and_chat():
+    args = cli.build_parser().parse_args(["serve"])
+    assert (args.backend, args.dtype, args.temperature) == ("auto", None, None)
+    args = cli.build_parser().parse_args(["serve", "--backend", "openvino", "--dtype", "int8", "--temperature", "0.5"])
+    assert (args.backend, args.dtype, args.temperature) == ("openvino", "int8", 0.5)
+    args = cli.build_parser().parse_args(["chat", "--backend", "torch"])
+    assert (args.backend, args.temperature) == ("torch", None)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--backend", "tensorrt"])
+
+
+@pytest.mark.real_model
+def test_console_chat_on_the_default_backend_answers_paris(openvino_model):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "chatstream_lab.cli", "chat", "--ask",
+                           "What is the capital of France?"], capture_output=True, text=True, timeout=180,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "The capital of France is Paris." in proc.stdout  # the bundled model's greedy default
