@@ -5,7 +5,13 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
@@ -40,3 +46,39 @@ def prompt_ids(lm, messages) -> list[int]:
     from chatstream_lab.prompts import encode_messages, resolve_template
 
     return list(encode_messages(resolve_template(None, lm.tokenizer), lm.tokenizer, messages).ids)
+
+
+class ServeProcess:
+    """``chatstream-lab serve ARGS --port P`` in its own process (what a user runs), logging to ``log``."""
+
+    def __init__(self, args: list[str], port: int, log: Path) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
+        argv = [sys.executable, "-m", "chatstream_lab.cli", "serve", *args, "--port", str(port)]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+                                     cwd=str(ROOT))
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {self._log.name}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("the server did not come up")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()

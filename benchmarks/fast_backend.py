@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import loadavg, median, percentile
+from _common import ServeProcess, loadavg, median, percentile
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,40 +46,11 @@ from throughput import PROMPTS  # noqa: E402
 LIMIT = 16
 
 
-class Server:
-    """``chatstream-lab serve --backend B`` in its own process (what a user runs)."""
-
-    def __init__(self, backend: str, max_new_tokens: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(RESULTS / f"fast_backend-{backend}.log", "w")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "chatstream_lab.cli", "serve", "--backend", backend,
-                "--port", str(self.port), "--num-of-concurrent-executions", str(LIMIT),
-                "--max-queue-size", str(LIMIT), "--max-new-tokens", str(max_new_tokens)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT))
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}); see {self._log.name}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise TimeoutError("the server did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
+def server(backend: str, max_new_tokens: int) -> ServeProcess:
+    """``chatstream-lab serve --backend B`` in its own process."""
+    return ServeProcess(["--backend", backend, "--num-of-concurrent-executions", str(LIMIT),
+                         "--max-queue-size", str(LIMIT), "--max-new-tokens", str(max_new_tokens)],
+                        free_port(), RESULTS / f"fast_backend-{backend}.log")
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -241,8 +212,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     out: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "cpus": os.cpu_count(),
                            "loadavg_before": loadavg(), "levels": {}}
-    servers = {"openvino-http": Server("openvino", args.max_new_tokens),
-               "torch-http": Server("torch", args.max_new_tokens)}
+    servers = {"openvino-http": server("openvino", args.max_new_tokens),
+               "torch-http": server("torch", args.max_new_tokens)}
     direct = Direct()
     try:
         for s in servers.values():

@@ -28,14 +28,13 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import loadavg, median, percentile
+from _common import ServeProcess, loadavg, median, percentile
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -56,41 +55,11 @@ def render_prompts(n: int) -> list[list[int]]:
     return [list(encode_messages(template, lm.tokenizer, PROMPTS[i % len(PROMPTS)]).ids) for i in range(n)]
 
 
-class Frontend:
+def frontend(upstream: str, limit: int, max_new_tokens: int, log: Path) -> ServeProcess:
     """``chatstream-lab serve --upstream`` in its own process (what a user runs)."""
-
-    def __init__(self, upstream: str, limit: int, max_new_tokens: int, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log, "w")  # noqa: SIM115 - closed in stop()
-        argv = [sys.executable, "-m", "chatstream_lab.cli", "serve", "--upstream", upstream,
-                "--tokenizer", "bundled", "--port", str(self.port),
-                "--num-of-concurrent-executions", str(limit), "--max-queue-size", str(limit),
-                "--max-new-tokens", str(max_new_tokens)]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                                     cwd=str(ROOT))
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the front-end exited ({self.proc.returncode}); see {self._log.name}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1, trust_env=False).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("the front-end did not come up")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._log.close()
+    return ServeProcess(["--upstream", upstream, "--tokenizer", "bundled", "--num-of-concurrent-executions",
+                         str(limit), "--max-queue-size", str(limit), "--max-new-tokens", str(max_new_tokens)],
+                        free_port(), log)
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "parallel": args.parallel,
                            "cpus": os.cpu_count(), "loadavg_before": loadavg(), "levels": {}}
     with LlamaServer(parallel=args.parallel, ctx_per_slot=512, threads=args.threads) as llama:
-        front = Frontend(llama.url, max(args.concurrency), args.max_new_tokens, RESULTS / "remote_frontend.log")
+        front = frontend(llama.url, max(args.concurrency), args.max_new_tokens, RESULTS / "remote_frontend.log")
         try:
             front.wait_ready()
             bases = {"direct": llama.url, "ours": front.url}

@@ -26,7 +26,7 @@ import torch
 
 from ..config import SamplingParams
 from ..types import Delta, Finished, FinishReason, RequestId, TokenLogprob, TopLogprob
-from .detokenize import Detokenizer, DetokenizerFactory, TokenPieces
+from .detokenize import Detokenizer, DetokenizerFactory, TokenPieces, special_stop_ids
 from .lifecycle import make_usage
 from .protocol import StepBackend
 from .sampling import make_generator, sample_token
@@ -148,24 +148,13 @@ class BatchDecoder:
                  stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
                  stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
         stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
-        stop_ids = set(self.loaded.stop_token_ids) | set(stop_token_ids) | self._special_stop_ids(stops)
+        stop_ids = (set(self.loaded.stop_token_ids) | set(stop_token_ids)
+                    | special_stop_ids(self.loaded.tokenizer, stops))
         return Row(
             stream=stream, prompt_ids=list(prompt_ids), params=params, stop_ids=frozenset(stop_ids),
             detok=self.detokenizers(), text_filter=TextFilter(stops, tuple(output_replacements)),
             generator=None if params.greedy else make_generator(params.seed), session_key=session_key,
         )
-
-    def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
-        """Stop strings that are special tokens are matched by id (their text is never decoded)."""
-        tok = self.loaded.tokenizer
-        specials = set(getattr(tok, "all_special_tokens", []) or [])
-        ids = set()
-        for s in stops:
-            if s in specials:
-                tid = tok.convert_tokens_to_ids(s)
-                if isinstance(tid, int):
-                    ids.add(tid)
-        return ids
 
     # -- the step ------------------------------------------------------------------------
     @property

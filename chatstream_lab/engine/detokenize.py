@@ -12,6 +12,7 @@ A reply cut by ``max_new_tokens`` inside a multi-byte character ends with incomp
 from __future__ import annotations
 
 import codecs
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -129,3 +130,16 @@ class TokenPieces:
         if isinstance(piece, str) and piece in set(getattr(self._tok, "all_special_tokens", []) or []):
             return piece.encode("utf-8")
         return str(self._tok.decode([token_id])).encode("utf-8")
+
+
+def special_stop_ids(tokenizer: Any, stops: Sequence[str]) -> set[int]:
+    """Stop strings that are special tokens, as ids: they are matched by id, since a special
+    token's text is never decoded into the reply."""
+    specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    ids = set()
+    for s in stops:
+        if s in specials:
+            tid = tokenizer.convert_tokens_to_ids(s)
+            if isinstance(tid, int):
+                ids.add(tid)
+    return ids

@@ -45,7 +45,7 @@ from ..config import Limits, SamplingParams
 from ..errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
 from ..stats import KVCacheStats
 from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
-from .detokenize import Detokenizer, DetokenizerFactory
+from .detokenize import Detokenizer, DetokenizerFactory, special_stop_ids
 from .lifecycle import RequestLifecycle, make_usage
 from .protocol import EngineHealth, EngineState
 from .stream import RequestStream
@@ -271,7 +271,7 @@ class OpenVINOEngine:
                                    f"{window}. Shorten the conversation.", name="prompt")
         stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
         stop_ids = frozenset(self.model.stop_token_ids) | {int(t) for t in stop_token_ids} \
-            | self._special_stop_ids(stops)
+            | special_stop_ids(self.model.tokenizer, stops)
         max_new = max(1, min(params.max_new_tokens, window - len(ids)))
         _, ov_genai = _import_runtime()
         cfg = generation_config(ov_genai, params, max_new_tokens=max_new, stop_token_ids=sorted(stop_ids))
@@ -297,18 +297,6 @@ class OpenVINOEngine:
 
     def kv_cache_stats(self) -> KVCacheStats | None:
         return None
-
-    def _special_stop_ids(self, stops: tuple[str, ...]) -> set[int]:
-        """Stop strings that are special tokens are matched by id (as the torch decoder does)."""
-        tok = self.model.tokenizer
-        specials = set(getattr(tok, "all_special_tokens", []) or [])
-        ids = set()
-        for s in stops:
-            if s in specials:
-                tid = tok.convert_tokens_to_ids(s)
-                if isinstance(tid, int):
-                    ids.add(tid)
-        return ids
 
     def _cancel(self, rid: RequestId) -> None:
         if self.lifecycle.withdraw(rid):  # still queued: it never reaches OpenVINO
