@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 _HEARTBEAT_S = 1.0
 _IDLE_WAIT_S = 0.25
+_YIELD_S = 0.0005
 NO_LOGPROBS = ("token log-probabilities and scoring need the weights' full distribution, which the "
                "OpenVINO backend does not report; load the model with backend='torch' for them")
 
@@ -369,6 +370,9 @@ class OpenVINOEngine:
                 continue
             self.steps += 1
             self._collect()
+            # pipe.step() holds the GIL for the whole step (~25 ms here): without a pause, the
+            # consumers of the deltas just pushed (the server's event loop) wait one more step
+            time.sleep(_YIELD_S)
 
     def _admit(self, pipe: Any) -> None:
         import numpy as np
