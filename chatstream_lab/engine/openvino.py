@@ -40,6 +40,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
@@ -192,6 +194,8 @@ class OpenVINOEngine:
         self._load_error: BaseException | None = None
         self._crash: str | None = None
         self._ov_ids = 0
+        self._ov_tensor: Any = None  # openvino.Tensor and GenerationStatus, set by _build_pipeline
+        self._status: Any = None
         self.steps = 0
         self.load_s: float | None = None
 
@@ -308,7 +312,8 @@ class OpenVINOEngine:
 
     # -- engine thread -------------------------------------------------------------------
     def _build_pipeline(self) -> Any:
-        _, ov_genai = _import_runtime()
+        ov, ov_genai = _import_runtime()
+        self._ov_tensor, self._status = ov.Tensor, ov_genai.GenerationStatus  # once, not per step
         sc = ov_genai.SchedulerConfig()
         sc.cache_size = self.cache_size_gb
         sc.max_num_seqs = max(1, self.gate.limit)
@@ -375,15 +380,12 @@ class OpenVINOEngine:
             time.sleep(_YIELD_S)
 
     def _admit(self, pipe: Any) -> None:
-        import numpy as np
-
-        ov, _ = _import_runtime()
         for row in self.lifecycle.admit():
             row.t_admit = time.perf_counter()
             self._active[row.id] = row
             try:
                 self._ov_ids += 1
-                tensor = ov.Tensor(np.asarray([row.prompt_ids], dtype=np.int64))
+                tensor = self._ov_tensor(np.asarray([row.prompt_ids], dtype=np.int64))
                 row.handle = pipe.add_request(self._ov_ids, tensor, row.config)
             except Exception as exc:  # a bad prompt fails its own request only
                 self._finish(row, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
@@ -410,8 +412,7 @@ class OpenVINOEngine:
 
     def _collect(self) -> None:
         """Read each running handle's new ids and turn them into events."""
-        _, ov_genai = _import_runtime()
-        status_enum = ov_genai.GenerationStatus
+        status_enum = self._status
         for row in list(self._active.values()):
             h = row.handle
             length_stop = False
