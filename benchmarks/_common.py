@@ -82,3 +82,24 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait(5)
         self._log.close()
+
+
+async def openai_stream(client: Any, url: str, body: dict[str, Any]) -> tuple[float, list[float], int]:
+    """POST an OpenAI streaming request and read it to the end: (send time, arrival time of each
+    chunk with text, completion tokens from the final usage chunk). Chat and completions alike."""
+    import json
+
+    t0 = time.perf_counter()
+    arrivals: list[float] = []
+    tokens = 0
+    async with client.stream("POST", url, json=body) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if not line.startswith("data:") or line.endswith("[DONE]"):
+                continue
+            obj = json.loads(line[5:])
+            if any(c.get("text") or (c.get("delta") or {}).get("content") for c in obj.get("choices") or ()):
+                arrivals.append(time.perf_counter())
+            if obj.get("usage"):
+                tokens = int(obj["usage"]["completion_tokens"])
+    return t0, arrivals, tokens

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import ServeProcess, loadavg, median, percentile
+from _common import ServeProcess, loadavg, median, openai_stream, percentile
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,20 +54,7 @@ def server(backend: str, max_new_tokens: int) -> ServeProcess:
 
 
 async def one_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    arrivals: list[float] = []
-    tokens = 0
-    async with client.stream("POST", url, json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data:") or line.endswith("[DONE]"):
-                continue
-            obj = json.loads(line[5:])
-            if any((c.get("delta") or {}).get("content") for c in obj.get("choices") or ()):
-                arrivals.append(time.perf_counter())
-            if obj.get("usage"):
-                tokens = int(obj["usage"]["completion_tokens"])
-    return stream_result(t0, arrivals, tokens)
+    return stream_result(*await openai_stream(client, url, body))
 
 
 def stream_result(t0: float, arrivals: list[float], tokens: int) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import ServeProcess, loadavg, median, percentile
+from _common import ServeProcess, loadavg, median, openai_stream, percentile
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -64,22 +64,8 @@ def frontend(upstream: str, limit: int, max_new_tokens: int, log: Path) -> Serve
 
 async def one_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
     """Send, stream to the end; TTFT = send -> first chunk with text; tokens from the usage."""
-    t0 = time.perf_counter()
-    ttft = None
-    tokens = 0
-    async with client.stream("POST", url, json=body) as r:
-        r.raise_for_status()
-        async for line in r.aiter_lines():
-            if not line.startswith("data:") or line.endswith("[DONE]"):
-                continue
-            obj = json.loads(line[5:])
-            for choice in obj.get("choices") or ():
-                text = choice.get("text") or (choice.get("delta") or {}).get("content")
-                if text and ttft is None:
-                    ttft = time.perf_counter() - t0
-            if obj.get("usage"):
-                tokens = int(obj["usage"]["completion_tokens"])
-    return {"ttft_s": ttft, "tokens": tokens, "end": time.perf_counter()}
+    t0, arrivals, tokens = await openai_stream(client, url, body)
+    return {"ttft_s": arrivals[0] - t0 if arrivals else None, "tokens": tokens, "end": time.perf_counter()}
 
 
 def request(system: str, base: str, i: int, ids: list[list[int]], max_new_tokens: int) -> tuple[str, dict[str, Any]]:
