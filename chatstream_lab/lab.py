@@ -32,7 +32,7 @@ from .types import ReplyScore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import RequestStream
-    from .engine.protocol import Generator
+    from .engine.core.protocol import Generator
     from .models import LoadedModel
     from .notebook.chat import ChatWidget
     from .notebook.compare import CompareView

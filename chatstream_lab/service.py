@@ -21,9 +21,9 @@ from typing import Any
 
 from .admission import AdmissionGate
 from .config import Limits, RequestLimits, SamplingParams, ServeConfig
+from .engine.core.protocol import EngineHealth, Generator
+from .engine.core.stream import RequestStream
 from .engine.factory import build_generator
-from .engine.protocol import EngineHealth, Generator
-from .engine.stream import RequestStream
 from .errors import ConfigError
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
@@ -272,7 +272,7 @@ class Service:
         """The generator's state (``idle`` before the first request)."""
         built = self._m.built
         if built is None:
-            from .engine.protocol import EngineState
+            from .engine.core.protocol import EngineState
 
             return EngineHealth(EngineState.IDLE, str(getattr(self.model, "backend", "torch")))
         return built.health()

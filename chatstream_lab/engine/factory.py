@@ -6,7 +6,7 @@ from typing import Any
 
 from ..admission import AdmissionGate
 from ..types import LifecycleObserver
-from .protocol import Generator
+from .core.protocol import Generator
 
 
 def build_generator(model: Any, gate: AdmissionGate[Any], observer: LifecycleObserver | None = None,
@@ -28,6 +28,6 @@ def build_generator(model: Any, gate: AdmissionGate[Any], observer: LifecycleObs
         from .openvino import OpenVINOEngine
 
         return OpenVINOEngine(model, gate=gate, observer=observer, **options)
-    from .engine import Engine
+    from .batching.engine import Engine
 
     return Engine(model, gate=gate, observer=observer, **options)

@@ -17,8 +17,8 @@ from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import GenerationError
 from ..types import Finished, FinishReason, Message, Queued, RequestId, StreamEvent
-from .decoder import BatchDecoder, Row
-from .stream import RequestStream
+from .batching.decoder import BatchDecoder, Row
+from .core.stream import RequestStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prompts.encode import EncodedPrompt
@@ -33,7 +33,7 @@ class InlineStream:
         self._cancel = threading.Event()
         self.id = RequestId("inline")
         self._stream = RequestStream(self.id, lambda _rid: self._cancel.set())
-        from .backends import for_model
+        from .batching.backends import for_model
 
         self._decoder = BatchDecoder(model, for_model(model), on_retire=self._retire)
         self._row: Row = self._decoder.make_row(self._stream, prompt_ids, params, stop_strings,

@@ -326,7 +326,7 @@ async def _echo(service: Service, ids: list[int], params: SamplingParams,
     text = tokenizer.decode(ids) if tokenizer is not None else ""
     if params.logprobs is None:
         return _Echo(text, None)
-    from ..engine.detokenize import DetokenizerFactory
+    from ..engine.core.detokenize import DetokenizerFactory
 
     if tokenizer is None:
         raise InvalidParameter("echo with logprobs needs the model's tokenizer", name="echo")

@@ -261,7 +261,7 @@ def test_gather_s_is_validated(scripted) -> None:
 def _join_runs_out_of_memory(lm, release: threading.Event):
     """A scripted backend whose ``join`` raises (once ``release`` is set) outside any request's own
     error handling."""
-    from chatstream_lab.engine.backends import ScriptedBackend
+    from chatstream_lab.engine.batching.backends import ScriptedBackend
 
     class Exploding(ScriptedBackend):
         def join(self, *args, **kwargs):
@@ -272,7 +272,7 @@ def _join_runs_out_of_memory(lm, release: threading.Event):
 
 
 def test_a_dying_engine_thread_ends_every_request_and_later_ones_fail_fast(scripted, make_engine) -> None:
-    from chatstream_lab.engine.protocol import EngineState
+    from chatstream_lab.engine.core.protocol import EngineState
     from chatstream_lab.errors import EngineUnavailable
 
     lm = scripted("never streamed")

@@ -11,7 +11,7 @@ import chatstream_lab as csl
 from chatstream_lab.admission import AdmissionGate
 from chatstream_lab.config import Limits, SamplingParams, ServeConfig
 from chatstream_lab.engine import Engine
-from chatstream_lab.engine import decoder as decoder_module
+from chatstream_lab.engine.batching import decoder as decoder_module
 from chatstream_lab.engine.remote import RemoteEngine
 from chatstream_lab.errors import InvalidParameter
 from chatstream_lab.models import remote_model

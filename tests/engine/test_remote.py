@@ -22,7 +22,7 @@ import pytest
 import chatstream_lab as csl
 from chatstream_lab.admission import AdmissionGate
 from chatstream_lab.config import Limits, SamplingParams
-from chatstream_lab.engine.protocol import EngineState
+from chatstream_lab.engine.core.protocol import EngineState
 from chatstream_lab.engine.remote import RemoteEngine
 from chatstream_lab.errors import ConfigError, EngineUnavailable, GenerationError, InvalidParameter, QueueFull
 from chatstream_lab.models import ByteTokenizer, remote_model

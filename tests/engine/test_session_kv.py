@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from chatstream_lab.config import SamplingParams
-from chatstream_lab.engine.backends import HFBackend
-from chatstream_lab.engine.session_cache import SessionKVCache
+from chatstream_lab.engine.batching.backends import HFBackend
+from chatstream_lab.engine.batching.session_cache import SessionKVCache
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,9 +1,9 @@
-"""The remote engine: the request-level :class:`~chatstream_lab.engine.protocol.Generator` whose
+"""The remote engine: the request-level :class:`~chatstream_lab.engine.core.protocol.Generator` whose
 tokens come from OpenAI-compatible servers (llama-server, vLLM, SGLang) over HTTP.
 
 Everything above the engine stays ours: the template renders the prompt here, the gate bounds
 what this front-end sends (QueueFull raised synchronously by ``submit``), the observer records the
-numbers, and every text chunk goes through our :class:`~chatstream_lab.engine.textfilter.TextFilter`
+numbers, and every text chunk goes through our :class:`~chatstream_lab.engine.core.textfilter.TextFilter`
 (stop strings held back even when split across chunks, output replacements applied).
 
 One background thread runs one asyncio loop and one ``httpx.AsyncClient``; a dispatcher on that
@@ -44,16 +44,16 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ..admission import AdmissionGate
-from ..config import Limits, SamplingParams
-from ..errors import ConfigError, EngineUnavailable, InvalidParameter
-from ..stats import KVCacheStats
-from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
-from .engine import EngineClosed
-from .lifecycle import RequestLifecycle, make_usage
-from .protocol import EngineHealth, EngineState, UpstreamHealth
-from .stream import RequestStream
-from .textfilter import TextFilter
+from ...admission import AdmissionGate
+from ...config import Limits, SamplingParams
+from ...errors import ConfigError, EngineUnavailable, InvalidParameter
+from ...stats import KVCacheStats
+from ...types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
+from ..batching.engine import EngineClosed
+from ..core.lifecycle import RequestLifecycle, make_usage
+from ..core.protocol import EngineHealth, EngineState, UpstreamHealth
+from ..core.stream import RequestStream
+from ..core.textfilter import TextFilter
 
 # Upstreams differ in whether and how they report logprobs (llama-server's shape is its own), and
 # their ids are another tokenizer's: a remote model refuses logprobs and scoring rather than

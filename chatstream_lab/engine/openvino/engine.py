@@ -1,10 +1,10 @@
 """A request-level engine on OpenVINO GenAI's continuous-batching pipeline (CPU).
 
-:class:`OpenVINOEngine` is a :class:`~chatstream_lab.engine.protocol.Generator` like the torch
-:class:`~chatstream_lab.engine.engine.Engine`: ``submit`` -> ``RequestStream`` (``Queued* Delta*
+:class:`OpenVINOEngine` is a :class:`~chatstream_lab.engine.core.protocol.Generator` like the torch
+:class:`~chatstream_lab.engine.batching.engine.Engine`: ``submit`` -> ``RequestStream`` (``Queued* Delta*
 Finished``, exactly one ``Finished``), ``QueueFull`` raised synchronously by the shared admission
 gate, ``cancel()`` from any thread, every request through
-:class:`~chatstream_lab.engine.lifecycle.RequestLifecycle`. The forward passes, the paged KV
+:class:`~chatstream_lab.engine.core.lifecycle.RequestLifecycle`. The forward passes, the paged KV
 cache (with OpenVINO's own prefix caching) and token selection run inside
 ``openvino_genai.ContinuousBatchingPipeline``.
 
@@ -14,8 +14,8 @@ What stays ours, the same code as the torch path:
   ids; OpenVINO's tokenizer IR and chat template are never used), so the model sees exactly what
   ``inspect_prompt`` shows;
 * the text: each step's new ids (``GenerationHandle.read()``) go through our
-  :class:`~chatstream_lab.engine.detokenize.Detokenizer` (UTF-8-safe deltas) and
-  :class:`~chatstream_lab.engine.textfilter.TextFilter` (stop strings held back across tokens,
+  :class:`~chatstream_lab.engine.core.detokenize.Detokenizer` (UTF-8-safe deltas) and
+  :class:`~chatstream_lab.engine.core.textfilter.TextFilter` (stop strings held back across tokens,
   output replacements); stop token ids are also given to OpenVINO so it stops at once. When *we*
   stop a request, its handle is cancelled and OpenVINO frees its blocks at the next ``step()``.
 
@@ -42,16 +42,16 @@ from typing import Any
 
 import numpy as np
 
-from ..admission import AdmissionGate
-from ..config import Limits, SamplingParams
-from ..errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
-from ..stats import KVCacheStats
-from ..types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
-from .detokenize import Detokenizer, DetokenizerFactory, special_stop_ids
-from .lifecycle import RequestLifecycle, make_usage
-from .protocol import EngineHealth, EngineState
-from .stream import RequestStream
-from .textfilter import TextFilter
+from ...admission import AdmissionGate
+from ...config import Limits, SamplingParams
+from ...errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
+from ...stats import KVCacheStats
+from ...types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
+from ..core.detokenize import Detokenizer, DetokenizerFactory, special_stop_ids
+from ..core.lifecycle import RequestLifecycle, make_usage
+from ..core.protocol import EngineHealth, EngineState
+from ..core.stream import RequestStream
+from ..core.textfilter import TextFilter
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class OpenVINOEngine:
         Raises:
             ModelLoadError: OpenVINO could not read or compile the IR.
         """
-        from .engine import EngineClosed
+        from ..batching.engine import EngineClosed
 
         with self._lock:
             if self._closing.is_set():

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import SamplingParams
-from ..errors import InvalidParameter
-from ..types import Message, ReplyScore, TokenLogprob
-from .detokenize import TokenPieces
-from .protocol import StepBackend
+from ...config import SamplingParams
+from ...errors import InvalidParameter
+from ...types import Message, ReplyScore, TokenLogprob
+from ..core.detokenize import TokenPieces
+from ..core.protocol import StepBackend
 
 
 def check_score_request(ids: Sequence[int], start: int, top: int, window: int = 0) -> None:
@@ -63,10 +63,10 @@ def score(model: Any, messages: str | list[Message], reply: str, template: Any =
     Returns:
         a :class:`~chatstream_lab.types.ReplyScore` (``.tokens``, ``.logprob``, ``.mean_logprob``).
     """
-    from ..prompts import encode_messages, encode_reply
-    from ..prompts.resolve import resolve_served_template
+    from ...prompts import encode_messages, encode_reply
+    from ..core.detokenize import DetokenizerFactory
+    from ...prompts.resolve import resolve_served_template
     from .backends import for_model
-    from .detokenize import DetokenizerFactory
 
     backend_name = str(getattr(model, "backend", "torch"))
     if backend_name not in ("torch", "scripted"):

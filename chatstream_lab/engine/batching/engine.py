@@ -21,15 +21,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from ..admission import AdmissionGate
-from ..config import Limits, SamplingParams
-from ..errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
-from ..stats import KVCacheStats
-from ..types import Finished, FinishReason, LifecycleObserver, TokenLogprob
+from ...admission import AdmissionGate
+from ...config import Limits, SamplingParams
+from ...errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
+from ...stats import KVCacheStats
+from ...types import Finished, FinishReason, LifecycleObserver, TokenLogprob
+from ..core.lifecycle import RequestLifecycle, make_usage
+from ..core.protocol import EngineHealth, EngineState, StepBackend
+from ..core.stream import RequestStream
 from .decoder import BatchDecoder, Row
-from .lifecycle import RequestLifecycle, make_usage
-from .protocol import EngineHealth, EngineState, StepBackend
-from .stream import RequestStream
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ScoreJob:
 
 class Engine:
     """Runs generation for many consumers on one dedicated thread (the local, batching
-    :class:`~chatstream_lab.engine.protocol.Generator`).
+    :class:`~chatstream_lab.engine.core.protocol.Generator`).
 
     Args:
         model: a :class:`~chatstream_lab.models.LoadedModel`.

@@ -24,14 +24,14 @@ from typing import Any
 
 import torch
 
-from ..config import SamplingParams
-from ..types import Delta, Finished, FinishReason, RequestId, TokenLogprob, TopLogprob
-from .detokenize import Detokenizer, DetokenizerFactory, TokenPieces, special_stop_ids
-from .lifecycle import make_usage
-from .protocol import StepBackend
+from ...config import SamplingParams
+from ...types import Delta, Finished, FinishReason, RequestId, TokenLogprob, TopLogprob
+from ..core.detokenize import Detokenizer, DetokenizerFactory, TokenPieces, special_stop_ids
+from ..core.lifecycle import make_usage
+from ..core.protocol import StepBackend
+from ..core.stream import RequestStream
+from ..core.textfilter import TextFilter
 from .sampling import make_generator, sample_token
-from .stream import RequestStream
-from .textfilter import TextFilter
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class BatchDecoder:
 
     Args:
         loaded: the model (tokenizer, stop token ids, context window).
-        backend: the :class:`~chatstream_lab.engine.protocol.StepBackend` that runs the forwards.
+        backend: the :class:`~chatstream_lab.engine.core.protocol.StepBackend` that runs the forwards.
         on_retire: called once per row when it leaves (the engine frees the slot there).
         on_first_token: called when a row samples its first token (time to first token).
         prefill_chunk: prompt tokens prefilled per step while other rows decode.
