@@ -93,10 +93,11 @@ def stream(model: Any, messages: str | list[Message], template: Any = None, **pa
     """
     from ..prompts import encode_messages
     from ..prompts.resolve import resolve_served_template
+    from .factory import capabilities_of
 
     sampling = SamplingParams().replace(**params)
     encoded = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
-    if str(getattr(model, "backend", "torch")) in ("remote", "openvino"):
+    if not capabilities_of(model).inline:
         return EngineInlineStream(model, encoded, sampling)
     return InlineStream(model, list(encoded.ids), sampling, encoded.stop_strings,
                         encoded.output_replacements)
@@ -131,8 +132,9 @@ class EngineInlineStream:
         try:
             enc = self._encoded
             extra: dict[str, Any] = {} if enc.messages is None else {"messages": enc.messages}
-            self._stream = engine.start().submit(enc.ids, self._params, stop_strings=enc.stop_strings,
-                                                 output_replacements=enc.output_replacements, **extra)
+            engine.wait_ready()  # this iteration is the caller's own wait; a failed build says why
+            self._stream = engine.submit(enc.ids, self._params, stop_strings=enc.stop_strings,
+                                         output_replacements=enc.output_replacements, **extra)
             if self._cancelled.is_set():
                 self._stream.cancel()
             for event in self._stream:

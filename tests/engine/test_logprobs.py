@@ -121,6 +121,7 @@ def test_engine_scores_on_its_own_thread(scripted) -> None:
     seen: list[str] = []
     try:
         engine = service.generator.start()
+        engine.wait_ready(30)  # the step backend is built on the engine's thread
         backend = engine._decoder.backend
         original = backend.score
         backend.score = lambda ids, start: seen.append(threading.current_thread().name) or original(ids, start)

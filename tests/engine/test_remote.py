@@ -465,8 +465,10 @@ def test_health_states(fakes, engines) -> None:
     lm = remote_model([a.url, dead_url()])
     engine = RemoteEngine(lm, retry_after_s=5)
     assert engine.health().state is EngineState.IDLE
-    engine.start()
+    engine.start()  # returns at once: the loop and client are made on the engine's thread
     try:
+        assert engine.health().state in (EngineState.STARTING, EngineState.RUNNING)
+        engine.wait_ready(5)
         assert engine.health().state is EngineState.RUNNING
         for _ in range(2):
             engine.submit(IDS, GREEDY).result(5)

@@ -64,14 +64,14 @@ def score(model: Any, messages: str | list[Message], reply: str, template: Any =
         a :class:`~chatstream_lab.types.ReplyScore` (``.tokens``, ``.logprob``, ``.mean_logprob``).
     """
     from ...prompts import encode_messages, encode_reply
-    from ..core.detokenize import DetokenizerFactory
     from ...prompts.resolve import resolve_served_template
+    from ..core.detokenize import DetokenizerFactory
+    from ..factory import backend_name, capabilities_of
     from .backends import for_model
 
-    backend_name = str(getattr(model, "backend", "torch"))
-    if backend_name not in ("torch", "scripted"):
-        raise InvalidParameter(f"scoring needs the model's own logits; a {backend_name} model cannot score: "
-                               "load it with load_model(..., backend='torch')", name="model")
+    if not capabilities_of(model).scoring:
+        raise InvalidParameter(f"scoring needs the model's own logits; a {backend_name(model)} model cannot "
+                               "score: load it with load_model(..., backend='torch')", name="model")
     prompt = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
     reply_ids = encode_reply(model.tokenizer, reply)
     ids = [*prompt.ids, *reply_ids]

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from ...admission import AdmissionGate
     from ...models import LoadedModel
     from ...stats import KVCacheStats
+    from .capabilities import Capabilities
     from .stream import RequestStream
 
 Key = Hashable
@@ -43,7 +44,8 @@ H = TypeVar("H")
 class EngineState(str, Enum):
     """What ``/health`` reports about a generator (or one of its upstreams)."""
 
-    IDLE = "idle"  # built, thread not started yet
+    IDLE = "idle"  # not started yet (it starts, and builds, on the first request or warm())
+    STARTING = "starting"  # its thread builds it (weights, compile); requests wait in the queue
     RUNNING = "running"
     DEGRADED = "degraded"  # some upstreams are down, requests still served
     FAILED = "failed"  # cannot serve; every request fails fast with 503
@@ -98,7 +100,22 @@ class Generator(Protocol):
     @property
     def gate(self) -> AdmissionGate[Any]: ...
 
-    def start(self) -> Generator: ...
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this generator can do (the same value ``capabilities_for(model)`` of its class
+        gives before it is built)."""
+        ...
+
+    def start(self) -> Generator:
+        """Start the engine's thread, which builds the engine (weights, compile, client) and then
+        serves; returns at once (idempotent). Requests submitted while it builds wait in the
+        queue; ``health()`` says ``starting``."""
+        ...
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the engine was built (for a caller that chooses to wait: ``serve`` before
+        it prints its URL). Raises EngineUnavailable if the build failed, TimeoutError."""
+        ...
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
                stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),

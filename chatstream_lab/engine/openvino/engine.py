@@ -31,35 +31,35 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...admission import AdmissionGate
 from ...config import Limits, SamplingParams
-from ...errors import ConfigError, EngineUnavailable, InvalidParameter, ModelLoadError
-from ...stats import KVCacheStats
-from ...types import Delta, Finished, FinishReason, LifecycleObserver, RequestId, TokenLogprob
-from ..core.detokenize import Detokenizer, DetokenizerFactory, special_stop_ids
-from ..core.lifecycle import RequestLifecycle, make_usage
-from ..core.protocol import EngineHealth, EngineState
+from ...errors import ConfigError, InvalidParameter, ModelLoadError
+from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
+from ..core.capabilities import Capabilities
+from ..core.host import EngineHost, HostedGenerator, check_gather_s
+from ..core.lifecycle import RequestLifecycle
+from ..core.rows import OutputRow, RowFactory
 from ..core.stream import RequestStream
-from ..core.textfilter import TextFilter
+from ..core.validation import check_prompt, tokenizer_vocab_size
 
 log = logging.getLogger(__name__)
 
-_HEARTBEAT_S = 1.0
-_IDLE_WAIT_S = 0.25
 _YIELD_S = 0.0005
 NO_LOGPROBS = ("token log-probabilities and scoring need the weights' full distribution, which the "
                "OpenVINO backend does not report; load the model with backend='torch' for them")
+# OpenVINO keeps earlier turns by content in its block-level prefix cache
+CAPABILITIES = Capabilities(kv_reuse=True)
 
 # SamplingParams fields mapped onto GenerationConfig. Any other field that is not at its default
 # is refused with InvalidParameter naming it, so a parameter added later is never silently ignored.
@@ -77,21 +77,33 @@ def _import_runtime() -> tuple[Any, Any]:
     return ov, ov_genai
 
 
-def generation_config(ov_genai: Any, params: SamplingParams, *, max_new_tokens: int,
-                      stop_token_ids: Sequence[int]) -> Any:
-    """SamplingParams -> a validated ``openvino_genai.GenerationConfig``.
-
-    Stop *strings* are not passed: our TextFilter applies them, so hold-back and replacements
-    behave as on the torch path. Stop token ids are, so OpenVINO stops at once.
+def check_supported(params: SamplingParams) -> None:
+    """Refuse, naming it, a parameter that is not at its default and that OpenVINO cannot honour
+    (pure Python: ``submit`` checks it without the runtime).
 
     Raises:
-        InvalidParameter: a parameter OpenVINO cannot honour (named in ``.name``).
+        InvalidParameter: the first such parameter (named in ``.name``).
     """
     defaults = type(params)()
     for f in dataclasses.fields(params):
         if f.name not in MAPPED_FIELDS and getattr(params, f.name) != getattr(defaults, f.name):
             raise InvalidParameter(f"the OpenVINO backend does not support {f.name!r}; use "
                                    "backend='torch' for it", name=f.name)
+
+
+def generation_config(ov_genai: Any, params: SamplingParams, *, max_new_tokens: int,
+                      stop_token_ids: Sequence[int]) -> Any:
+    """SamplingParams -> a validated ``openvino_genai.GenerationConfig`` (made on the engine thread,
+    which imported the runtime while it built the pipeline).
+
+    Stop *strings* are not passed: our TextFilter applies them, so hold-back and replacements
+    behave as on the torch path. Stop token ids are, so OpenVINO stops at once.
+
+    Raises:
+        InvalidParameter: a parameter OpenVINO cannot honour (named in ``.name``), or one its own
+            check refuses.
+    """
+    check_supported(params)
     cfg = ov_genai.GenerationConfig()
     cfg.max_new_tokens = int(max_new_tokens)
     cfg.stop_token_ids = {int(t) for t in stop_token_ids}
@@ -114,31 +126,15 @@ def generation_config(ov_genai: Any, params: SamplingParams, *, max_new_tokens: 
     return cfg
 
 
-@dataclass(eq=False)
-class _Row:
-    """One request: our text state, plus OpenVINO's handle once admitted."""
+@dataclass(eq=False, kw_only=True)
+class _Row(OutputRow):
+    """One request: the shared output pipeline, plus OpenVINO's config and handle."""
 
-    stream: RequestStream
-    prompt_ids: list[int]
-    config: Any  # GenerationConfig, built and validated in submit()
-    max_new: int
-    stop_ids: frozenset[int]
-    detok: Detokenizer
-    text_filter: TextFilter
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_admit: float | None = None
-    t_first: float | None = None
+    config: Any = None  # GenerationConfig, made and validated on the engine thread at admission
     handle: Any = None
-    generated: list[int] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
-    finished: Finished | None = None
-
-    @property
-    def id(self) -> RequestId:
-        return self.stream.id
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(HostedGenerator):
     """Runs generation for many consumers on one thread that owns an OpenVINO pipeline.
 
     Args:
@@ -159,14 +155,13 @@ class OpenVINOEngine:
             the first step (``8 * gather_s`` at most).
     """
 
+    CAPABILITIES = CAPABILITIES
+
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  observer: LifecycleObserver | None = None, gate: AdmissionGate[Any] | None = None,
                  cache_size_gb: int = 1, enable_prefix_caching: bool = True,
                  session_kv_budget_mb: float | None = None, threads: int | None = None,
                  gather_s: float = 0.01) -> None:
-        if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
-            raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
-                              name="gather_s")
         if isinstance(cache_size_gb, bool) or not isinstance(cache_size_gb, int) or cache_size_gb < 1:
             raise ConfigError(f"cache_size_gb must be a whole number of GB >= 1, got {cache_size_gb!r}",
                               name="cache_size_gb")
@@ -182,72 +177,25 @@ class OpenVINOEngine:
         # cache_size_gb); the torch engine's per-session budget maps onto it: 0 turns reuse off
         self.enable_prefix_caching = enable_prefix_caching and session_kv_budget_mb != 0
         self.threads = threads
-        self.gather_s = float(gather_s)
-        self._detokenizers = DetokenizerFactory(model.tokenizer)
-        self._lock = threading.Lock()
-        self._cancelled: set[RequestId] = set()
+        self.gather_s = check_gather_s(gather_s)
+        self._host: EngineHost[_Row] = EngineHost(self, self.lifecycle, backend="openvino",
+                                                  label="the OpenVINO engine", thread_name="chatstream-openvino",
+                                                  gather_s=self.gather_s)
+        self._rows = RowFactory(model, on_first_token=self.lifecycle.first_token)
+        self._vocab_size: int | None = None  # read from the IR's config.json on the first submit
         self._active: dict[RequestId, _Row] = {}  # engine thread only
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._ready = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._load_error: BaseException | None = None
-        self._crash: str | None = None
+        self._pipe: Any = None  # the ContinuousBatchingPipeline, built and stepped on the engine thread
         self._ov_ids = 0
-        self._ov_tensor: Any = None  # openvino.Tensor and GenerationStatus, set by _build_pipeline
+        self._ov_genai: Any = None  # the openvino_genai module, openvino.Tensor and GenerationStatus,
+        self._ov_tensor: Any = None  # imported by build() on the engine thread
         self._status: Any = None
         self.steps = 0
-        self.load_s: float | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def start(self, timeout: float = 300.0) -> OpenVINOEngine:
-        """Start the thread and wait until it compiled the model (idempotent).
-
-        Raises:
-            ModelLoadError: OpenVINO could not read or compile the IR.
-        """
-        from ..batching.engine import EngineClosed
-
-        with self._lock:
-            if self._closing.is_set():
-                raise EngineClosed("this engine was closed; create a new one")
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="chatstream-openvino", daemon=True)
-                self._thread.start()
-        if not self._ready.wait(timeout):
-            raise ModelLoadError(f"OpenVINO did not load {self.model.model.ir_dir} within {timeout} s")
-        if self._load_error is not None:
-            raise ModelLoadError(f"OpenVINO could not load {self.model.model.ir_dir}: "
-                                 f"{self._load_error}") from self._load_error
-        return self
-
-    def health(self) -> EngineHealth:
-        name = "openvino"
-        if self._closing.is_set():
-            return EngineHealth(EngineState.CLOSED, name)
-        if self._thread is None:
-            return EngineHealth(EngineState.IDLE, name)
-        if self._load_error is not None or not self._thread.is_alive():
-            return EngineHealth(EngineState.FAILED, name, self._crash or "the OpenVINO engine stopped")
-        return EngineHealth(EngineState.RUNNING, name)
-
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel every request, stop the thread (which releases the pipeline) and wait for it."""
-        self._closing.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        self.lifecycle.fail_waiting(FinishReason.CANCELLED)
-
-    def __enter__(self) -> OpenVINOEngine:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def load_s(self) -> float | None:
+        """How long reading and compiling the IR took (None until it is done)."""
+        return self._host.build_s
 
     # -- requests ------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
@@ -261,154 +209,105 @@ class OpenVINOEngine:
 
         Raises:
             QueueFull: every slot is busy and the queue is full.
-            InvalidParameter: empty or too long prompt, or a parameter OpenVINO cannot honour.
+            InvalidParameter: empty or too long prompt, an id outside the vocabulary, or a
+                parameter OpenVINO cannot honour.
             EngineUnavailable: the engine failed (503).
         """
         params = params or SamplingParams()
-        ids = [int(i) for i in prompt_ids]
-        if not ids:
-            raise InvalidParameter("the prompt is empty" if not messages else
-                                   "the OpenVINO backend takes rendered token ids, not messages",
-                                   name="prompt" if not messages else "messages")
-        window = int(self.model.context_window)
-        if len(ids) >= window:
-            raise InvalidParameter(f"the prompt has {len(ids)} tokens; the model's context window is "
-                                   f"{window}. Shorten the conversation.", name="prompt")
-        stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
-        stop_ids = frozenset(self.model.stop_token_ids) | {int(t) for t in stop_token_ids} \
-            | special_stop_ids(self.model.tokenizer, stops)
-        max_new = max(1, min(params.max_new_tokens, window - len(ids)))
-        _, ov_genai = _import_runtime()
-        cfg = generation_config(ov_genai, params, max_new_tokens=max_new, stop_token_ids=sorted(stop_ids))
+        ids = check_prompt(prompt_ids, window=self._rows.window, vocab_size=self.vocab_size,
+                           messages=messages, engine="the OpenVINO backend")
+        check_supported(params)  # the runtime is imported by the engine's thread, not here
         self.start()
-        if self._crash is not None or not self.running:
-            raise EngineUnavailable(self._crash or "the OpenVINO engine stopped; restart the server")
-        stream = RequestStream(self.lifecycle.new_id(), self._cancel)
-        row = _Row(stream=stream, prompt_ids=ids, config=cfg, max_new=max_new, stop_ids=stop_ids,
-                   detok=self._detokenizers(), text_filter=TextFilter(stops, tuple(output_replacements)))
-        self.lifecycle.enqueue(row)
-        if self._crash is not None or self._closing.is_set():  # lost the race with a crash or close
-            self.lifecycle.fail_waiting(FinishReason.ERROR if self._crash else FinishReason.CANCELLED,
-                                        self._crash and "the engine failed")
-        self._wake.set()
+        self._host.check_can_serve()
+        stream = RequestStream(self.lifecycle.new_id(), self._host.cancel)
+        row = self._rows.new_row(_Row, stream, ids, params, self._rows.stops(params, stop_strings, stop_token_ids),
+                                 output_replacements)
+        self._host.enqueue(row)
         return stream
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Prompt ids must be below this: the exported model's ``vocab_size`` (its config.json),
+        else the tokenizer's."""
+        if self._vocab_size is None:
+            try:
+                config = json.loads((self.model.model.ir_dir / "config.json").read_text())
+                self._vocab_size = int(config["vocab_size"])
+            except (OSError, ValueError, KeyError, TypeError):
+                self._vocab_size = tokenizer_vocab_size(self.model.tokenizer)
+        return self._vocab_size
 
     def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
         """Not available: OpenVINO's pipeline gives no teacher-forced logprobs."""
         raise InvalidParameter(NO_LOGPROBS, name="logprobs")
 
-    def forget(self, session_key: str) -> None:
-        """Nothing to drop by session: OpenVINO's prefix cache is by content, evicted by its LRU."""
-
-    def kv_cache_stats(self) -> KVCacheStats | None:
-        return None
-
-    def _cancel(self, rid: RequestId) -> None:
-        if self.lifecycle.withdraw(rid):  # still queued: it never reaches OpenVINO
-            return
-        with self._lock:
-            self._cancelled.add(rid)
-        self._wake.set()
-
-    # -- engine thread -------------------------------------------------------------------
-    def _build_pipeline(self) -> Any:
+    # -- engine thread (the host's Worker and Stepper) ------------------------------------
+    def build(self) -> None:
+        """Read and compile the IR into a ContinuousBatchingPipeline (seconds: on this thread)."""
         ov, ov_genai = _import_runtime()
+        self._ov_genai = ov_genai
         self._ov_tensor, self._status = ov.Tensor, ov_genai.GenerationStatus  # once, not per step
         sc = ov_genai.SchedulerConfig()
         sc.cache_size = self.cache_size_gb
         sc.max_num_seqs = max(1, self.gate.limit)
         sc.enable_prefix_caching = self.enable_prefix_caching
         ovm = self.model.model
-        return ov_genai.ContinuousBatchingPipeline(str(ovm.ir_dir), sc, "CPU",
-                                                   ovm.compile_properties(self.threads))
-
-    def _run(self) -> None:
-        t0 = time.perf_counter()
+        props = ovm.compile_properties(self.threads)
         try:
-            pipe = self._build_pipeline()
-        except BaseException as exc:
-            self._load_error = exc
-            self._crash = f"OpenVINO could not load the model ({type(exc).__name__})"
-            self._ready.set()
-            self.lifecycle.fail_waiting(FinishReason.ERROR, "the engine failed")
-            return
-        self.load_s = time.perf_counter() - t0
-        self._ready.set()
-        try:
-            self._loop(pipe)
-        except BaseException as exc:  # never leave consumers hanging, whatever happened
-            log.exception("OpenVINO engine thread crashed")
-            self._crash = f"the OpenVINO engine crashed ({type(exc).__name__}); restart the server"
-            self._end_everything(FinishReason.ERROR, "the engine failed")
-        finally:
-            self._end_everything(FinishReason.CANCELLED)
-            with contextlib.suppress(Exception):
-                for _ in range(10_000):  # let OpenVINO drop what we cancelled, then release it
-                    if not pipe.has_non_finished_requests():
-                        break
-                    pipe.step()
-            del pipe
-
-    def _loop(self, pipe: Any) -> None:
-        last_heartbeat = time.monotonic()
-        while not self._closing.is_set():
-            self._wake.clear()
-            before = self.gate.snapshot().waiting
-            woke_idle = not self._active
-            self._admit(pipe)
-            self._apply_cancels()
-            now = time.monotonic()
-            if self.gate.snapshot().waiting != before or now - last_heartbeat >= _HEARTBEAT_S:
-                self.lifecycle.announce_positions()
-                last_heartbeat = now
-            if not self._active and not pipe.has_non_finished_requests():
-                self._wake.wait(_IDLE_WAIT_S)
-                continue
-            if woke_idle and self._active:
-                self._gather_burst(pipe)
             try:
-                pipe.step()
-            except Exception as exc:  # fail the running requests, keep serving
-                log.exception("OpenVINO step failed")
-                for row in list(self._active.values()):
-                    self._finish(row, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
-                continue
-            self.steps += 1
-            self._collect()
-            # pipe.step() holds the GIL for the whole step (~25 ms here): without a pause, the
-            # consumers of the deltas just pushed (the server's event loop) wait one more step
-            time.sleep(_YIELD_S)
+                self._pipe = ov_genai.ContinuousBatchingPipeline(str(ovm.ir_dir), sc, "CPU", props)
+            except RuntimeError:
+                if "CACHE_DIR" not in props:
+                    raise
+                # the compiled-blob cache is an optimisation: another process writing the same blob
+                # at the same time must not fail the build (seen with concurrent test runs)
+                log.warning("OpenVINO failed with its blob cache; compiling without it", exc_info=True)
+                props = {k: v for k, v in props.items() if k != "CACHE_DIR"}
+                self._pipe = ov_genai.ContinuousBatchingPipeline(str(ovm.ir_dir), sc, "CPU", props)
+        except Exception as exc:  # a C++ message: say what could not be loaded
+            raise ModelLoadError(f"OpenVINO could not load {ovm.ir_dir}: {exc}") from exc
 
-    def _admit(self, pipe: Any) -> None:
-        for row in self.lifecycle.admit():
+    def serve(self) -> None:
+        self._host.run_steps(self)
+
+    def has_work(self) -> bool:
+        return bool(self._active) or bool(self._pipe is not None and self._pipe.has_non_finished_requests())
+
+    def add(self, rows: list[_Row]) -> None:
+        for row in rows:
             row.t_admit = time.perf_counter()
             self._active[row.id] = row
             try:
+                row.config = generation_config(self._ov_genai, row.params, max_new_tokens=row.max_new,
+                                               stop_token_ids=sorted(row.stops.ids))
                 self._ov_ids += 1
                 tensor = self._ov_tensor(np.asarray([row.prompt_ids], dtype=np.int64))
-                row.handle = pipe.add_request(self._ov_ids, tensor, row.config)
-            except Exception as exc:  # a bad prompt fails its own request only
+                row.handle = self._pipe.add_request(self._ov_ids, tensor, row.config)
+            except Exception as exc:  # a bad prompt or configuration fails its own request only
                 self._finish(row, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
 
-    def _gather_burst(self, pipe: Any) -> None:
-        """After idle, admit the rest of a burst still arriving (see ``Engine._gather_burst``)."""
-        if self.gather_s <= 0:
-            return
-        deadline = time.monotonic() + 8 * self.gather_s
-        while not self._closing.is_set() and self.gate.snapshot().running < self.gate.limit:
-            left = deadline - time.monotonic()
-            self._wake.clear()
-            if left <= 0 or not self._wake.wait(min(self.gather_s, left)):
-                return
-            self._admit(pipe)
-
-    def _apply_cancels(self) -> None:
-        with self._lock:
-            cancelled, self._cancelled = self._cancelled, set()
-        for rid in cancelled:
+    def cancel(self, ids: set[RequestId]) -> None:
+        for rid in ids:
             row = self._active.get(rid)
             if row is not None:
                 self._finish(row, FinishReason.CANCELLED)
+
+    def between_steps(self) -> None:
+        """Nothing runs between OpenVINO's steps."""
+
+    def step(self) -> None:
+        try:
+            self._pipe.step()
+        except Exception as exc:  # fail the running requests, keep serving
+            log.exception("OpenVINO step failed")
+            for row in list(self._active.values()):
+                self._finish(row, FinishReason.ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        self.steps += 1
+        self._collect()
+        # pipe.step() holds the GIL for the whole step (~25 ms here): without a pause, the
+        # consumers of the deltas just pushed (the server's event loop) wait one more step
+        time.sleep(_YIELD_S)
 
     def _collect(self) -> None:
         """Read each running handle's new ids and turn them into events."""
@@ -419,8 +318,9 @@ class OpenVINOEngine:
             if h.can_read():
                 for out in h.read().values():  # one sequence per request (no n / beams)
                     for token in out.generated_ids:
-                        self._take(row, int(token))
+                        row.take(int(token))
                         if row.finished is not None:
+                            self._retire(row)
                             break
                     length_stop = getattr(out.finish_reason, "name", "") == "LENGTH"
             if row.finished is not None:
@@ -429,56 +329,41 @@ class OpenVINOEngine:
             if status == status_enum.RUNNING:
                 continue
             if status == status_enum.FINISHED:  # OpenVINO ended it before our checks did
-                self._flush(row)
+                row.flush()
                 self._finish(row, FinishReason.LENGTH if length_stop else FinishReason.STOP)
             else:  # IGNORED / CANCEL without our asking: the scheduler dropped it (out of KV cache)
                 self._finish(row, FinishReason.ERROR, f"OpenVINO dropped the request ({status}); "
                              "raise cache_size_gb or lower the concurrency limit")
 
-    def _take(self, row: _Row, token: int) -> None:
-        """Detokenize, filter and emit one token (the torch decoder's ``_take`` after sampling)."""
-        row.generated.append(token)
-        if row.t_first is None:
-            row.t_first = time.perf_counter()
-            self.lifecycle.first_token(row.id)
-        if token in row.stop_ids:
-            self._flush(row)
-            self._finish(row, FinishReason.STOP)
-            return
-        result = row.text_filter.push(row.detok.add(token))
-        if result.text:
-            row.parts.append(result.text)
-        row.stream._push(Delta(row.id, result.text, (token,)))
-        if result.stopped:
-            self._finish(row, FinishReason.STOP)
-        elif len(row.generated) >= row.max_new:
-            self._flush(row)
-            self._finish(row, FinishReason.LENGTH)
-
-    def _flush(self, row: _Row) -> None:
-        tail = row.text_filter.push(row.detok.finalize(), final=True).text
-        if tail:
-            row.parts.append(tail)
-            row.stream._push(Delta(row.id, tail, ()))
-
     def _finish(self, row: _Row, reason: FinishReason, error: str | None = None) -> None:
-        """The final event of a row: cancel its handle if OpenVINO still runs it, free the slot."""
-        if row.finished is not None:
-            return
-        usage = make_usage(len(row.prompt_ids), len(row.generated), t_submit=row.t_submit,
-                           t_admit=row.t_admit, t_first=row.t_first)
-        row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
+        if row.finish(reason, error):
+            self._retire(row)
+
+    def _retire(self, row: _Row) -> None:
+        """Cancel the handle if OpenVINO still runs it, free the slot, deliver the final event."""
+        assert row.finished is not None
         if row.handle is not None:
             with contextlib.suppress(Exception):
                 row.handle.cancel()  # freed by OpenVINO at the next step()
         self._active.pop(row.id, None)
         self.lifecycle.retire(row.stream, row.finished)
 
-    def _end_everything(self, reason: FinishReason, error: str | None = None) -> None:
-        """Finish every admitted and queued request (each exactly once), however the loop ended."""
+    def end_rows(self, reason: FinishReason, error: str | None) -> None:
+        """Finish every admitted request (each exactly once), however the loop ended."""
         for row in list(self._active.values()):
             self._finish(row, reason, error)
-        self.lifecycle.fail_waiting(reason, error)
+
+    def release(self) -> None:
+        """Let OpenVINO drop what was cancelled, then release the pipeline (on this thread)."""
+        pipe, self._pipe = self._pipe, None
+        if pipe is None:
+            return
+        with contextlib.suppress(Exception):
+            for _ in range(10_000):
+                if not pipe.has_non_finished_requests():
+                    break
+                pipe.step()
+        del pipe
 
 
-__all__ = ["MAPPED_FIELDS", "OpenVINOEngine", "generation_config"]
+__all__ = ["CAPABILITIES", "MAPPED_FIELDS", "OpenVINOEngine", "check_supported", "generation_config"]
