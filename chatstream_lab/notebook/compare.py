@@ -20,6 +20,7 @@ from ..config import ServeConfig
 from ..errors import ChatStreamLabError
 from ..types import Finished
 from ._loop import spawn
+from .labels import template_label
 from .preview import StreamPreview, Submit
 
 COLUMNS = ("variant", "config_id", "template", "finish_reason", "tokens", "ttft_s", "tokens_per_s", "total_s")
@@ -40,13 +41,18 @@ Scorer = Callable[[ServeConfig], float]
 # one line, cut with an ellipsis (the full text on hover): a long template name must not wrap
 # and push its column below the others
 _TITLE_LINE = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:100%"
+COLUMN_MAX_HEIGHT = "18em"  # a long or degenerate reply scrolls inside its column
 
 
 def column_title(name: str, config: ServeConfig) -> str:
-    label = f"{config.template_name} · {config.config_id}"
+    """The variant's name, then its template (own name, where it came from) and config id, each on
+    one line cut with an ellipsis; the full texts (the template's identifier) on hover."""
+    label = template_label(config)
+    hover = f"{label.title} · config {config.config_id}"
     return (f"<div style='{_TITLE_LINE}' title='{escape(name, quote=True)}'><b>{escape(name)}</b></div>"
-            f"<div style='{_TITLE_LINE}' title='{escape(label, quote=True)}'><small>"
-            f"{escape(config.template_name)} · <code>{config.config_id}</code></small></div>")
+            f"<div style='{_TITLE_LINE}' title='{escape(hover, quote=True)}'><small>"
+            f"{escape(label.short)} <span style='color:#667'>({escape(label.origin)})</span> · "
+            f"<code>{config.config_id}</code></small></div>")
 
 
 def table_html(rows: list[dict[str, Any]]) -> str:
@@ -82,7 +88,7 @@ class CompareView(widgets.VBox):
         view = cls(variants, scorer)
         columns = []
         for name, config in variants.items():
-            preview = StreamPreview(column_title(name, config),
+            preview = StreamPreview(column_title(name, config), max_height=COLUMN_MAX_HEIGHT,
                                     layout=widgets.Layout(flex="1 1 0", min_width="12em", margin="0 6px"))
             try:
                 stream = submit(message, config)
