@@ -90,7 +90,8 @@ def finish_parts(fin: Finished) -> list[str]:
     """``["stop", "8 tokens", "TTFT 0.21 s", "25.3 tok/s", "0.53 s total"]``: the items of a stats line."""
     u = fin.usage
     ttft = f"{u.ttft_s:.2f} s" if u.ttft_s is not None else "–"
-    parts = [fin.finish_reason.value, f"{u.completion_tokens} tokens", f"TTFT {ttft}",
+    tokens = f"{u.completion_tokens} token{'' if u.completion_tokens == 1 else 's'}"
+    parts = [fin.finish_reason.value, tokens, f"TTFT {ttft}",
              f"{u.tokens_per_s:.1f} tok/s", f"{u.total_s:.2f} s total"]
     if fin.error:
         parts.append(f"error: {fin.error}")

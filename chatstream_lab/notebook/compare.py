@@ -28,7 +28,7 @@ COLUMNS = ("variant", "config_id", "template", "finish_reason", "tokens", "ttft_
 
 def _row(name: str, config: ServeConfig, fin: Finished | None, error: str | None = None) -> dict[str, Any]:
     u = fin.usage if fin is not None else None
-    return {"variant": name, "config_id": config.config_id, "template": config.template_name,
+    return {"variant": name, "config_id": config.config_id, "template": template_label(config).short,
             "finish_reason": fin.finish_reason.value if fin else f"refused: {error}",
             "tokens": u.completion_tokens if u else 0, "ttft_s": u.ttft_s if u else None,
             "tokens_per_s": u.tokens_per_s if u else None, "total_s": u.total_s if u else None,
@@ -61,9 +61,9 @@ def table_html(rows: list[dict[str, Any]]) -> str:
 
     columns = [*COLUMNS, "mean_logprob"] if any("mean_logprob" in r for r in rows) else list(COLUMNS)
     head = "".join(f"<th style='text-align:left;padding-right:1em'>{c}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{cell(r.get(c))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em;white-space:nowrap'>"
+                                    f"{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table style='line-height:1.5'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class CompareView(widgets.VBox):
@@ -76,7 +76,8 @@ class CompareView(widgets.VBox):
         self.errors: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
         self.table = widgets.HTML("<small>streaming…</small>")
-        self.columns = widgets.HBox(layout=widgets.Layout(align_items="flex-start"))
+        # columns that do not fit side by side wrap onto the next row (never clipped at the right)
+        self.columns = widgets.HBox(layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"))
         super().__init__([self.columns, self.table])
         self.task: asyncio.Task[list[dict[str, Any]]] | None = None
 
@@ -89,7 +90,7 @@ class CompareView(widgets.VBox):
         columns = []
         for name, config in variants.items():
             preview = StreamPreview(column_title(name, config), max_height=COLUMN_MAX_HEIGHT,
-                                    layout=widgets.Layout(flex="1 1 0", min_width="12em", margin="0 6px"))
+                                    layout=widgets.Layout(flex="1 1 0", min_width="12em", margin="0 6px 8px 0"))
             try:
                 stream = submit(message, config)
             except ChatStreamLabError as exc:  # e.g. QueueFull: more variants than limit + queue

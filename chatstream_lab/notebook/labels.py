@@ -80,6 +80,6 @@ def stat_items_html(items: Sequence[str], *, css_class: str = "csl-stats") -> st
     """``items`` (plain text) as one line that wraps between items only, without dangling separators."""
     spans = "".join(f"<span class='csl-stat' style='white-space:nowrap'><span class='csl-sep' style='{_SEP}'>"
                     f"·</span>{escape(item)}</span>" for item in items)
-    return (f"<div class='{css_class}' style='overflow:hidden;font-size:85%'>"
+    return (f"<div class='{css_class}' style='overflow:hidden;font-size:85%;line-height:1.5'>"
             f"<div style='{_LINE}'>{spans}</div></div>")
 

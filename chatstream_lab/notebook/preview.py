@@ -96,8 +96,10 @@ class StreamPreview(widgets.VBox):
                  continuation: Callable[[Sequence[int]], RequestStream] | None = None,
                  max_height: str = REPLY_MAX_HEIGHT, **kwargs: Any) -> None:
         self.header = widgets.HTML(title, layout=widgets.Layout(min_width="0"))
+        self.header.add_class("csl-clip")  # its one-line labels end in an ellipsis in a narrow column
         self.reply = ReplyView(value=reply_html(""), max_height=max_height)
         self.status = widgets.HTML("<small>waiting…</small>", layout=widgets.Layout(flex="1 1 auto", min_width="0"))
+        self.status.add_class("csl-clip")
         # a fixed minimum and no shrinking: in narrow compare columns the label stays "Stop"
         self.stop_button = widgets.Button(description="Stop", icon="stop", button_style="warning",
                                           layout=widgets.Layout(width="auto", min_width="5.5em", flex="0 0 auto"))

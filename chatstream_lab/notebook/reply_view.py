@@ -8,6 +8,9 @@ what a plain HTML widget cannot do, done in the browser (a small ES module run b
 * the alternatives of a probability-coloured token (its hidden ``.csl-alts``) in one popup placed
   in the viewport (``position: fixed``): never clipped by the output area, kept inside the reply box
   when it fits there, so it does not cover the lines around the box;
+* ``.csl-clip`` on an ``ipywidgets.HTML`` lets its one-line labels shrink with their column and end in
+  an ellipsis (ipywidgets sizes an HTML widget's content to its text, so the overflow was clipped
+  without one);
 * a click on a token sets ``selected`` (its index), which the views bind to their "branch at" picker;
   the selected token is outlined.
 """
@@ -102,6 +105,7 @@ _CSS = """
 .csl-replyview .csl-tok { border-radius: 2px; }
 .csl-replyview .csl-clickable .csl-tok { cursor: pointer; }
 .csl-replyview .csl-tok.csl-selected { outline: 2px solid #3b6fd8; outline-offset: 0; }
+.csl-clip > .widget-html-content { min-width: 0; overflow: hidden; }
 .csl-pop { position: fixed; z-index: 100000; max-width: 24em; padding: 3px 8px; border-radius: 4px;
   background: var(--jp-layout-color0, #fff); color: var(--jp-ui-font-color0, #222);
   border: 1px solid var(--jp-border-color1, #bbb); box-shadow: 0 2px 6px rgba(0, 0, 0, .25);

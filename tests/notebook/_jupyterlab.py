@@ -185,15 +185,74 @@ def wait_all_ran(page: Any, timeout: float = 600.0) -> None:
         raise AssertionError(f"a cell raised: {errors.first.inner_text()[-2000:]}")
 
 
-def run_cell(page: Any, index: int, timeout: float = 60.0) -> None:
-    """Run code cell ``index`` (0-based, among all cells) with Shift+Enter and wait for its prompt."""
+_PROMPT_JS = ("([i, pattern]) => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];"
+              " const p = c && c.querySelector('.jp-InputPrompt');"
+              " return p && new RegExp(pattern).test(p.textContent); }")
+
+
+def run_cell(page: Any, index: int, *, wait: bool = True, timeout: float = 60.0) -> None:
+    """Run cell ``index`` (0-based, among all cells) with Shift+Enter; with ``wait``, until its prompt
+    shows ``[n]:``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
-    cell.locator(".jp-InputArea-editor").click()
-    page.keyboard.press("Shift+Enter")
-    page.wait_for_function(
-        "i => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];"
-        " const p = c && c.querySelector('.jp-InputPrompt'); return p && /\\[\\d+\\]/.test(p.textContent); }",
-        arg=index, timeout=timeout * 1000)
+    for _ in range(3):  # a notebook still settling may drop the first keystrokes
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            page.wait_for_function(_PROMPT_JS, arg=[index, "\\[(\\*|\\d+)\\]"], timeout=10_000)
+            break
+        except PlaywrightTimeout:
+            continue
+    if wait:
+        page.wait_for_function(_PROMPT_JS, arg=[index, "\\[\\d+\\]"], timeout=timeout * 1000)
+
+
+def wait_cell_done(page: Any, index: int, timeout: float = 60.0) -> None:
+    page.wait_for_function(_PROMPT_JS, arg=[index, "\\[\\d+\\]"], timeout=timeout * 1000)
+
+
+# Lines of the elements matching a selector whose visible text starts or ends with a separator "·":
+# every visible non-blank character is measured (a Range per character), characters clipped by the
+# element's box are left out, and the rest are grouped into lines by their vertical position.
+DANGLING_SEPARATORS_JS = """
+sel => {
+  const bad = [];
+  for (const box of document.querySelectorAll(sel)) {
+    if (!box.textContent.includes('·')) continue;
+    const clip = box.getBoundingClientRect();
+    const chars = [];
+    const walker = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      for (let i = 0; i < n.data.length; i++) {
+        if (!n.data[i].trim()) continue;
+        const range = document.createRange();
+        range.setStart(n, i); range.setEnd(n, i + 1);
+        const r = range.getBoundingClientRect();
+        if (r.width === 0 || r.right <= clip.left + 0.5 || r.left >= clip.right - 0.5) continue;
+        chars.push({ c: n.data[i], mid: (r.top + r.bottom) / 2, left: r.left });
+      }
+    }
+    const lines = [];
+    for (const ch of chars.sort((a, b) => a.mid - b.mid)) {
+      const line = lines.find(l => Math.abs(l.mid - ch.mid) < 4);
+      if (line) line.chars.push(ch); else lines.push({ mid: ch.mid, chars: [ch] });
+    }
+    for (const line of lines) {
+      const text = line.chars.sort((a, b) => a.left - b.left).map(c => c.c).join('');
+      if (text.startsWith('·') || text.endsWith('·')) bad.push(text);
+    }
+  }
+  return bad;
+}
+"""
+
+# Labels (buttons, widget labels) whose text does not fit their box: cut, with or without an ellipsis.
+CUT_LABELS_JS = """
+() => [...document.querySelectorAll('.jupyter-button, .widget-label, .widget-label-basic')]
+  .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
+  .map(e => e.textContent.trim() || e.getAttribute('title') || e.className)
+"""
 
 
 def launch_chromium(playwright: Any, viewport: tuple[int, int] = (1280, 900)) -> tuple[Any, Any]:
