@@ -31,7 +31,8 @@ from ..engine.stream import RequestStream
 from ..errors import ChatStreamLabError
 from ..types import Finished, FinishReason, TokenLogprob
 from ._loop import spawn
-from ._pump import DEFAULT_INTERVAL_S, StreamState, finish_line, pump
+from ._pump import DEFAULT_INTERVAL_S, StreamState, finish_parts, pump
+from .labels import stat_items_html
 from .preview import status_text
 from .reply_view import ReplyView
 from .tokens import TokenPanel, forced, tokens_html
@@ -82,13 +83,14 @@ class ChatWidget(widgets.VBox):
         self.stop_button = widgets.Button(description="Stop", icon="stop", disabled=True)
         self.regenerate_button = widgets.Button(description="Regenerate", icon="refresh")
         self.clear_button = widgets.Button(description="Clear", icon="trash")
-        self.status = widgets.HTML()
+        self.status = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", min_width="0", margin="0 0 0 8px"))
+        self.status.add_class("csl-clip")
         self.send_button.on_click(lambda _b: self._send_input())
         self.stop_button.on_click(lambda _b: self.stop())
         self.regenerate_button.on_click(lambda _b: self.regenerate())
         self.clear_button.on_click(lambda _b: self.clear())
         buttons = widgets.HBox([self.send_button, self.stop_button, self.regenerate_button,
-                                self.clear_button, self.status])
+                                self.clear_button, self.status], layout=widgets.Layout(align_items="center"))
         self.tokens_panel = TokenPanel(lambda: self._render_transcript(),
                                        self.branch if continuation is not None else None, self.restore)
         buttons.children = (*buttons.children[:-1], self.tokens_panel.colour, self.status)
@@ -282,7 +284,7 @@ class ChatWidget(widgets.VBox):
             self.tokens_panel.update(self.last_tokens, done=True)
             self.tokens_panel.show_restore(bool(self._replaced))
             self._render_transcript()
-            self._say(finish_line(fin))
+            self.status.value = stat_items_html(finish_parts(fin))
             self._end_turn()  # only now: until its reply is in ``messages`` a turn is in progress
         self.last = fin
         return fin

@@ -147,7 +147,7 @@ class Dashboard:
             FigureCanvasAgg(fig)
         axes = fig.subplots(2, 2, sharex=True)
         for i, ax in enumerate(axes.flat):
-            ax.set_title(_TITLES[i], fontsize=10)
+            ax.set_title(_TITLES[i], fontsize=10, y=1.0)  # (a fixed y: no title placement per redraw)
             ax.grid(alpha=0.3)
             for label, field, style in _SERIES[i]:
                 (self._lines[field],) = ax.plot([], [], style, label=label, drawstyle="steps-post"
@@ -156,6 +156,10 @@ class Dashboard:
         for ax in axes[1]:
             ax.set_xlabel("seconds")
         fig.tight_layout(rect=(0, 0, 1, 0.95))
+        # laid out once: with a layout engine set (even tight_layout's placeholder) every savefig draws
+        # the figure twice. Both savings halve a redraw's Python work (~290k -> ~115k calls), which is
+        # what a redraw waits on while the engine thread holds the GIL
+        fig.set_layout_engine(None)
         return fig
 
     def draw(self) -> None:

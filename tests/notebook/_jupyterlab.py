@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -170,19 +171,19 @@ def wait_kernel_idle(page: Any, timeout: float = 60.0) -> None:
         " return s && s.getAttribute('data-status') === 'idle'; }", timeout=timeout * 1000)
 
 
-_ERROR_OUTPUT = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
-
-
 def wait_all_ran(page: Any, timeout: float = 600.0) -> None:
-    """Every code cell shows ``[n]:`` (none ``[*]:`` or ``[ ]:``), or a cell raised (then: fail)."""
+    """Wait until no cell is running or queued (``[*]:``) and the kernel is idle; then every code
+    cell must show ``[n]:`` (Run All stops at a cell that raised: its traceback is the error)."""
     page.wait_for_function(
-        "sel => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
-        " return document.querySelector(sel) !== null ||"
-        " (p.length > 0 && p.every(e => /\\[\\d+\\]/.test(e.textContent))); }",
-        arg=_ERROR_OUTPUT, timeout=timeout * 1000)
-    errors = page.locator(_ERROR_OUTPUT)
-    if errors.count():
-        raise AssertionError(f"a cell raised: {errors.first.inner_text()[-2000:]}")
+        "() => { const p = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];"
+        " const s = document.querySelector('.jp-Notebook-ExecutionIndicator');"
+        " return p.length > 0 && !p.some(e => e.textContent.includes('*'))"
+        " && s && s.getAttribute('data-status') === 'idle'; }", timeout=timeout * 1000)
+    prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    if not all(re.search(r"\[\d+\]", p) for p in prompts):
+        tracebacks = [t for t in page.locator(".jp-OutputArea-output").all_inner_texts() if "Traceback" in t
+                      or "Error" in t]
+        raise AssertionError(f"Run All stopped ({prompts}): {tracebacks[-1][-3000:] if tracebacks else 'no traceback'}")
 
 
 _PROMPT_JS = ("([i, pattern]) => { const c = document.querySelectorAll('.jp-Notebook .jp-Cell')[i];"
