@@ -89,11 +89,10 @@ class ChatWidget(widgets.VBox):
         self.stop_button.on_click(lambda _b: self.stop())
         self.regenerate_button.on_click(lambda _b: self.regenerate())
         self.clear_button.on_click(lambda _b: self.clear())
-        buttons = widgets.HBox([self.send_button, self.stop_button, self.regenerate_button,
-                                self.clear_button, self.status], layout=widgets.Layout(align_items="center"))
         self.tokens_panel = TokenPanel(lambda: self._render_transcript(),
                                        self.branch if continuation is not None else None, self.restore)
-        buttons.children = (*buttons.children[:-1], self.tokens_panel.colour, self.status)
+        buttons = widgets.HBox([self.send_button, self.stop_button, self.regenerate_button, self.clear_button,
+                                self.tokens_panel.colour, self.status], layout=widgets.Layout(align_items="center"))
         self.transcript.observe(lambda change: self.tokens_panel.select(change["new"]), names="selected")
         self.tokens_panel.picker.observe(self._on_pick, names="value")
         super().__init__([self.transcript, self.input, buttons, self.notice, self.tokens_panel])

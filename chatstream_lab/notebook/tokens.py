@@ -95,13 +95,17 @@ class TokenPanel(widgets.VBox):
         return self._on_branch is not None
 
     def update(self, tokens: Sequence[TokenLogprob], *, done: bool) -> None:
-        """Show the checkbox once there are logprobs; the branch picker once the reply is done."""
+        """Show the checkbox once there are logprobs; the branch picker once the reply is done (a
+        re-render of the same reply, e.g. the checkbox toggled, keeps the token picked)."""
+        same = tuple(tokens) == self.tokens and bool(self.picker.options)
         self.tokens = tuple(tokens)
         self.colour.layout.display = "flex" if self.tokens else "none"
         ready = done and bool(self.tokens) and self._on_branch is not None
+        if not ready:
+            self.picker.options = []
         self.branch_row.layout.display = "flex" if ready else "none"
         self.layout.display = "flex" if ready or self.restore_button.layout.display != "none" else "none"
-        if ready:
+        if ready and not same:
             least = min(range(len(self.tokens)), key=lambda i: self.tokens[i].logprob)
             self.picker.options = [(token_option(i, t), i) for i, t in enumerate(self.tokens)]
             self.picker.value = least  # start at the least likely token: where branching is interesting

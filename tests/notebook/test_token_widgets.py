@@ -47,6 +47,8 @@ async def test_preview_branches_into_a_column_beside_the_original(make_lab):
     assert panel.branch_row.layout.display == "flex"
     preview.reply.selected = 6  # a click on the "P" in the page picks it in "branch at"
     assert panel.picker.value == 6
+    panel.colour.value = True  # re-renders the reply: the token picked stays picked
+    assert panel.picker.value == 6 and preview.reply.selected == 6
     labels = [b.description for b in panel.buttons.children]
     assert labels[0].startswith("'Q'")  # the scripted runner-up: the next byte
     panel.buttons.children[0].click()
