@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm openvino openvino-fp32
+.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm openvino openvino-fp32 screenshots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -67,6 +67,11 @@ test: setup browser lint typecheck openvino openvino-fp32 llama-server vllm
 
 bench: setup
 	$(BIN)/python benchmarks/single_stream.py
+
+# The README's pictures: notebooks 01-04 run in a headless JupyterLab 4 (the test extra) in Debian's
+# chromium, each checked and written to docs/notebook_0N.png (a few minutes)
+screenshots: setup browser openvino
+	$(BIN)/python docs/screenshots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -86,12 +86,18 @@ async def pump(stream: Any, render: Render, interval: float = DEFAULT_INTERVAL_S
     return final.finished
 
 
-def finish_line(fin: Finished) -> str:
-    """``stop · 8 tokens · TTFT 0.21 s · 25.3 tok/s · 0.53 s total`` (plain text)."""
+def finish_parts(fin: Finished) -> list[str]:
+    """``["stop", "8 tokens", "TTFT 0.21 s", "25.3 tok/s", "0.53 s total"]``: the items of a stats line."""
     u = fin.usage
     ttft = f"{u.ttft_s:.2f} s" if u.ttft_s is not None else "–"
-    line = (f"{fin.finish_reason.value} · {u.completion_tokens} tokens · TTFT {ttft} · "
-            f"{u.tokens_per_s:.1f} tok/s · {u.total_s:.2f} s total")
+    tokens = f"{u.completion_tokens} token{'' if u.completion_tokens == 1 else 's'}"
+    parts = [fin.finish_reason.value, tokens, f"TTFT {ttft}",
+             f"{u.tokens_per_s:.1f} tok/s", f"{u.total_s:.2f} s total"]
     if fin.error:
-        line += f" · error: {fin.error}"
-    return line
+        parts.append(f"error: {fin.error}")
+    return parts
+
+
+def finish_line(fin: Finished) -> str:
+    """``stop · 8 tokens · TTFT 0.21 s · 25.3 tok/s · 0.53 s total`` (plain text)."""
+    return " · ".join(finish_parts(fin))

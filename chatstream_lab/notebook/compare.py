@@ -20,6 +20,7 @@ from ..config import ServeConfig
 from ..errors import ChatStreamLabError
 from ..types import Finished
 from ._loop import spawn
+from .labels import template_label
 from .preview import StreamPreview, Submit
 
 COLUMNS = ("variant", "config_id", "template", "finish_reason", "tokens", "ttft_s", "tokens_per_s", "total_s")
@@ -27,7 +28,7 @@ COLUMNS = ("variant", "config_id", "template", "finish_reason", "tokens", "ttft_
 
 def _row(name: str, config: ServeConfig, fin: Finished | None, error: str | None = None) -> dict[str, Any]:
     u = fin.usage if fin is not None else None
-    return {"variant": name, "config_id": config.config_id, "template": config.template_name,
+    return {"variant": name, "config_id": config.config_id, "template": template_label(config).short,
             "finish_reason": fin.finish_reason.value if fin else f"refused: {error}",
             "tokens": u.completion_tokens if u else 0, "ttft_s": u.ttft_s if u else None,
             "tokens_per_s": u.tokens_per_s if u else None, "total_s": u.total_s if u else None,
@@ -40,13 +41,18 @@ Scorer = Callable[[ServeConfig], float]
 # one line, cut with an ellipsis (the full text on hover): a long template name must not wrap
 # and push its column below the others
 _TITLE_LINE = "white-space:nowrap;overflow:hidden;text-overflow:ellipsis;max-width:100%"
+COLUMN_MAX_HEIGHT = "18em"  # a long or degenerate reply scrolls inside its column
 
 
 def column_title(name: str, config: ServeConfig) -> str:
-    label = f"{config.template_name} · {config.config_id}"
+    """The variant's name, then its template (own name, where it came from) and config id, each on
+    one line cut with an ellipsis; the full texts (the template's identifier) on hover."""
+    label = template_label(config)
+    hover = f"{label.title} · config {config.config_id}"
     return (f"<div style='{_TITLE_LINE}' title='{escape(name, quote=True)}'><b>{escape(name)}</b></div>"
-            f"<div style='{_TITLE_LINE}' title='{escape(label, quote=True)}'><small>"
-            f"{escape(config.template_name)} · <code>{config.config_id}</code></small></div>")
+            f"<div style='{_TITLE_LINE}' title='{escape(hover, quote=True)}'><small>"
+            f"{escape(label.short)} <span style='color:#667'>({escape(label.origin)})</span> · "
+            f"<code>{config.config_id}</code></small></div>")
 
 
 def table_html(rows: list[dict[str, Any]]) -> str:
@@ -55,9 +61,9 @@ def table_html(rows: list[dict[str, Any]]) -> str:
 
     columns = [*COLUMNS, "mean_logprob"] if any("mean_logprob" in r for r in rows) else list(COLUMNS)
     head = "".join(f"<th style='text-align:left;padding-right:1em'>{c}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em'>{cell(r.get(c))}</td>"
-                                    for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left;padding-right:1em;white-space:nowrap'>"
+                                    f"{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table style='line-height:1.5'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 class CompareView(widgets.VBox):
@@ -70,7 +76,8 @@ class CompareView(widgets.VBox):
         self.errors: dict[str, str] = {}
         self.rows: list[dict[str, Any]] = []
         self.table = widgets.HTML("<small>streaming…</small>")
-        self.columns = widgets.HBox(layout=widgets.Layout(align_items="flex-start"))
+        # columns that do not fit side by side wrap onto the next row (never clipped at the right)
+        self.columns = widgets.HBox(layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"))
         super().__init__([self.columns, self.table])
         self.task: asyncio.Task[list[dict[str, Any]]] | None = None
 
@@ -82,8 +89,8 @@ class CompareView(widgets.VBox):
         view = cls(variants, scorer)
         columns = []
         for name, config in variants.items():
-            preview = StreamPreview(column_title(name, config),
-                                    layout=widgets.Layout(flex="1 1 0", min_width="12em", margin="0 6px"))
+            preview = StreamPreview(column_title(name, config), max_height=COLUMN_MAX_HEIGHT,
+                                    layout=widgets.Layout(flex="1 1 0", min_width="12em", margin="0 6px 8px 0"))
             try:
                 stream = submit(message, config)
             except ChatStreamLabError as exc:  # e.g. QueueFull: more variants than limit + queue

@@ -3,6 +3,10 @@
 Running and queued requests, completed and rejected so far, aggregate tokens/s, and TTFT p50/p95,
 over time. A task on the kernel's loop samples ``source()`` (``StatsRecorder.snapshot``) about once
 a second and redraws; matplotlib is touched only there, never from the engine or server threads.
+The timer keeps a fixed rate (ticks at start + k * interval, a late tick skipped, never made up in a
+burst), so the time a redraw takes does not stretch the period. The header shows the current
+throughput only while requests run or wait; otherwise "idle" (the plot keeps the windowed rate
+decaying), and "endpoint stopped" on the last frame of a stopped endpoint.
 
 Two ways to show it:
 
@@ -57,6 +61,28 @@ class Sample:
                    s.throughput_tokens_per_s, s.ttft_p50, s.ttft_p95)
 
 
+def next_tick(tick: float, now: float, interval: float) -> float:
+    """The next tick of a fixed-rate timer (``tick`` + k * ``interval``) after ``now``: a redraw that
+    took part of the interval shortens the wait; ticks missed meanwhile are skipped, not bunched."""
+    tick += interval
+    if tick <= now:
+        tick += interval * (1 + (now - tick) // interval)
+    return tick
+
+
+def header_text(s: StatsSnapshot, title: str = "", *, stopped: bool = False) -> str:
+    """The figure's header: config, counts, and the throughput only while something runs or waits."""
+    ttft = f"{s.ttft_p50:.2f}/{s.ttft_p95:.2f} s" if s.ttft_p50 is not None and s.ttft_p95 is not None else "–"
+    if stopped:
+        rate = "endpoint stopped"
+    elif s.running or s.queued:
+        rate = f"{s.throughput_tokens_per_s:.1f} tok/s"
+    else:
+        rate = "idle"
+    return (f"{title} config {s.config_id} · running {s.running} · queued {s.queued} · rejected {s.rejected} · "
+            f"completed {s.completed} · {rate} · TTFT p50/p95 {ttft}").strip()
+
+
 def ipympl_active() -> bool:
     """True when ``%matplotlib widget`` (ipympl) was enabled in this kernel."""
     return "ipympl.backend_nbagg" in sys.modules
@@ -90,6 +116,7 @@ class Dashboard:
         self._lines: dict[str, Any] = {}
         self._handle: Any = None
         self._stopping = False
+        self._ended = False  # ``alive()`` said the endpoint stopped: the last frame says so
         self.last: StatsSnapshot | None = None
 
     # -- data and drawing (kernel loop only) -------------------------------------------------------
@@ -120,7 +147,7 @@ class Dashboard:
             FigureCanvasAgg(fig)
         axes = fig.subplots(2, 2, sharex=True)
         for i, ax in enumerate(axes.flat):
-            ax.set_title(_TITLES[i], fontsize=10)
+            ax.set_title(_TITLES[i], fontsize=10, y=1.0)  # (a fixed y: no title placement per redraw)
             ax.grid(alpha=0.3)
             for label, field, style in _SERIES[i]:
                 (self._lines[field],) = ax.plot([], [], style, label=label, drawstyle="steps-post"
@@ -129,6 +156,10 @@ class Dashboard:
         for ax in axes[1]:
             ax.set_xlabel("seconds")
         fig.tight_layout(rect=(0, 0, 1, 0.95))
+        # laid out once: with a layout engine set (even tight_layout's placeholder) every savefig draws
+        # the figure twice. Both savings halve a redraw's Python work (~290k -> ~115k calls), which is
+        # what a redraw waits on while the engine thread holds the GIL
+        fig.set_layout_engine(None)
         return fig
 
     def draw(self) -> None:
@@ -144,11 +175,7 @@ class Dashboard:
             ax.set_ylim(0, max([1.0, *ys]) * 1.1)
         s = self.last
         if s is not None:
-            ttft = f"{s.ttft_p50:.2f}/{s.ttft_p95:.2f} s" if s.ttft_p50 is not None and \
-                s.ttft_p95 is not None else "–"
-            fig.suptitle(f"{self.title} config {s.config_id} · running {s.running} · queued {s.queued} · "
-                         f"rejected {s.rejected} · completed {s.completed} · "
-                         f"{s.throughput_tokens_per_s:.1f} tok/s · TTFT p50/p95 {ttft}".strip(), fontsize=10)
+            fig.suptitle(header_text(s, self.title, stopped=self._ended), fontsize=10)
         if self.mode == "ipympl":
             fig.canvas.draw_idle()
         self.frames += 1
@@ -206,13 +233,16 @@ class Dashboard:
         return self.task is not None and not self.task.done()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick = loop.time() + self.interval
         try:
             while not self._stopping:
-                await asyncio.sleep(self.interval)
-                ended = self.alive is not None and not self.alive()
-                self.refresh(force=ended)
-                if ended:
+                await asyncio.sleep(max(0.0, tick - loop.time()))
+                self._ended = self.alive is not None and not self.alive()
+                self.refresh(force=self._ended)
+                if self._ended:
                     break
+                tick = next_tick(tick, loop.time(), self.interval)
         except asyncio.CancelledError:
             pass
 

@@ -6,6 +6,7 @@ from html import escape
 from typing import Any
 
 from ..config import ServeConfig
+from .labels import template_label
 
 
 def lab_html(model_name: str, backend: str, config: ServeConfig, *, running: int, queued: int, limit: int,
@@ -16,7 +17,7 @@ def lab_html(model_name: str, backend: str, config: ServeConfig, *, running: int
                f"(config <code>{escape(served_config_id or '')}</code>)") if url else "not serving"
     rows: list[tuple[str, Any]] = [
         ("model", f"{escape(model_name)} <small>({escape(backend)})</small>"),
-        ("template", escape(config.template_name)),
+        ("template", template_label(config).html()),
         ("system prompt", escape(config.system_prompt or "(template default)")),
         ("params", f"<code>{escape(params)}</code>"),
         ("config id", f"<code>{escape(config.config_id)}</code>"), ("serving", serving),

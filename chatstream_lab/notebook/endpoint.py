@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ServerStartError
 from ..stats import StatsSnapshot
+from .labels import template_label
 from .loadtest import LoadTest, LoadTestResult, run_load_test
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -166,7 +167,7 @@ class Endpoint:
             (("/stats", "/stats"), ("/metrics", "/metrics"), ("/v1/models", "/v1 (OpenAI)"))])
         auth = " · bearer token required" if self.token else ""
         return (f"<div><b>serving</b> <a href='{u}' target='_blank'>{u}</a>{auth}<br>"
-                f"<small>model {escape(self.service.model.name)} · template {escape(self.config.template_name)}"
+                f"<small>model {escape(self.service.model.name)} · template {template_label(self.config).html()}"
                 f" · config <code>{self.config_id}</code> · running {snap.running}/"
                 f"{self.service.limits.num_of_concurrent_executions} · queued {snap.queued}/"
                 f"{self.service.limits.max_queue_size}"

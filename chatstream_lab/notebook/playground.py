@@ -18,6 +18,7 @@ import ipywidgets as widgets
 from ..config import ServeConfig
 from ..errors import ChatStreamLabError
 from ..prompts import DeclarativeTemplate, base_template, inspect_prompt, presets, system_prompt_of
+from .labels import template_label
 from .preview import StreamPreview
 
 MODEL_OWN = "(model's own template)"
@@ -29,8 +30,19 @@ _SLIDERS = {  # name -> (widget class, min, max, step)
     "top_k": (widgets.IntSlider, 0, 200, 1),
     "min_p": (widgets.FloatSlider, 0.0, 1.0, 0.01),
     "repetition_penalty": (widgets.FloatSlider, 0.5, 2.0, 0.05),
-    "max_new_tokens": (widgets.IntSlider, 1, 1024, 1),
 }
+# max_new_tokens on a linear 1..1024 slider moved ~4 tokens per pixel (a small drag jumped from 32 to
+# 206): a ladder of round values instead, each notch at most ~1.5x the one before
+MAX_NEW_TOKENS_STEPS = (1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320, 384, 512,
+                        640, 768, 1024)
+
+
+def max_new_tokens_slider(value: int, label_width: str) -> widgets.SelectionSlider:
+    """A slider over :data:`MAX_NEW_TOKENS_STEPS` (plus ``value`` when it is not one of them)."""
+    steps = sorted({*MAX_NEW_TOKENS_STEPS, int(value)})
+    return widgets.SelectionSlider(options=steps, value=int(value), description="max_new_tokens",
+                                   continuous_update=False, style={"description_width": label_width},
+                                   layout=widgets.Layout(width="100%"))
 
 
 # wide enough for "repetition_penalty" in JupyterLab's font (9em cut it to "repetition_pena…")
@@ -88,6 +100,7 @@ class Playground(widgets.VBox):
                                   continuous_update=False, style={"description_width": SLIDER_LABEL_WIDTH},
                                   layout=widgets.Layout(width="100%"))
                         for name, (cls, lo, hi, step) in _SLIDERS.items()}
+        self.sliders["max_new_tokens"] = max_new_tokens_slider(p.max_new_tokens, SLIDER_LABEL_WIDTH)
         self.message = widgets.Text(value=message, description="message", style={"description_width": "9em"},
                                     layout=widgets.Layout(width="98%"))
         self.preview_button = widgets.Button(description="Preview", button_style="primary", icon="play")
@@ -194,7 +207,7 @@ class Playground(widgets.VBox):
         self.error.value = ""
         self.inspection_html.value = self.inspection._repr_html_()
         self.config_label.value = (f"<small>config <code>{config.config_id}</code> · "
-                                   f"{escape(config.template_name)} · {self.inspection.num_tokens} prompt "
+                                   f"{template_label(config).html()} · {self.inspection.num_tokens} prompt "
                                    "tokens · <code>lab.serve()</code> serves this configuration</small>")
         return config
 

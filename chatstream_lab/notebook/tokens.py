@@ -1,10 +1,12 @@
-"""Tokens coloured by probability, alternatives on hover, and a branch panel.
+"""Tokens coloured by probability, their alternatives, and the branch panel.
 
-:func:`tokens_html` renders a reply as one ``<span>`` per token, its background from red
-(unlikely) to green (likely), with the top alternatives in its ``title`` and in a small CSS
-tooltip on hover. :class:`TokenPanel` is the widget part a preview or a chat adds: a toggle for the
-colours, a token picker and one button per alternative; clicking one calls ``on_branch(i, token_id)``
-(the view regenerates from there with that token forced, the earlier tokens kept).
+:func:`tokens_html` renders a reply as one ``<span class='csl-tok' data-i=…>`` per token, its
+background from red (unlikely) to green (likely), each holding its alternatives in a hidden
+``.csl-alts``: a :class:`~chatstream_lab.notebook.reply_view.ReplyView` shows them in a popup on
+hover (no ``title`` tooltip repeating it) and reports a click on a token. :class:`TokenPanel` is the
+widget part a preview or a chat adds: a compact *probabilities* checkbox, a "branch at" picker (a
+clicked token selects itself there) and one button per alternative; clicking one calls
+``on_branch(i, token_id)``.
 """
 
 from __future__ import annotations
@@ -17,12 +19,6 @@ import ipywidgets as widgets
 
 from ..prompts.pieces import visible
 from ..types import TokenLogprob, TopLogprob
-
-_CSS = ("<style>.csl-tok{position:relative;border-radius:2px}"
-        ".csl-tok .csl-alts{display:none;position:absolute;left:0;top:1.4em;z-index:10;background:#fff;"
-        "border:1px solid #bbb;border-radius:4px;padding:2px 6px;white-space:pre;font-size:85%;"
-        "box-shadow:0 1px 4px rgba(0,0,0,.2);color:#222}"
-        ".csl-tok:hover .csl-alts{display:block}</style>")
 
 Branch = Callable[[int, int], object]
 
@@ -38,22 +34,23 @@ def alternative_label(alt: TopLogprob | TokenLogprob) -> str:
     return f"'{visible(alt.text)}' {100 * math.exp(alt.logprob):.1f}%"
 
 
-def _token_span(i: int, t: TokenLogprob, colour: bool) -> str:
-    alts = " | ".join(alternative_label(a) for a in t.top)
-    title = f"{alternative_label(t)}" + (f" — top: {alts}" if alts else "")
-    text = escape(t.text.replace("\n", "↵\n") if colour else t.text)
-    if not colour:
-        return text
-    rows = "".join(f"<div class='csl-alt'>{escape(alternative_label(a))}</div>" for a in t.top)
-    return (f"<span class='csl-tok' data-i='{i}' title='{escape(title, quote=True)}' "
-            f"style='background:{prob_colour(t.logprob)}'>{text}"
-            f"<span class='csl-alts'>{rows}</span></span>")
+def _alternatives(i: int, t: TokenLogprob) -> str:
+    """The popup's content: the token (its position), then the alternatives, the chosen one ticked."""
+    rows = "".join(f"<div class='csl-alt'>{'✓ ' if a.token_id == t.token_id else '  '}"
+                   f"{escape(alternative_label(a))}</div>" for a in t.top)
+    return (f"<span class='csl-alts' style='display:none'><div class='csl-alt-head'>token {i}: "
+            f"{escape(alternative_label(t))}</div>{rows}</span>")
 
 
-def tokens_html(tokens: Sequence[TokenLogprob], *, colour: bool = True) -> str:
-    """The reply as token spans (no outer container; the view adds its own)."""
-    spans = "".join(_token_span(i, t, colour) for i, t in enumerate(tokens))
-    return (_CSS if colour else "") + spans
+def _token_span(i: int, t: TokenLogprob) -> str:
+    text = escape(t.text.replace("\n", "↵\n"))
+    return (f"<span class='csl-tok' data-i='{i}' style='background:{prob_colour(t.logprob)}'>{text}"
+            f"{_alternatives(i, t)}</span>")
+
+
+def tokens_html(tokens: Sequence[TokenLogprob]) -> str:
+    """The reply as coloured token spans (no outer container; the view adds its own)."""
+    return "".join(_token_span(i, t) for i, t in enumerate(tokens))
 
 
 def forced(alt: TopLogprob, at: TokenLogprob) -> TokenLogprob:
@@ -61,38 +58,68 @@ def forced(alt: TopLogprob, at: TokenLogprob) -> TokenLogprob:
     return TokenLogprob(alt.token_id, alt.text, alt.logprob, at.top, alt.raw)
 
 
-class TokenPanel(widgets.VBox):
-    """The probability toggle, a token picker and alternative buttons (hidden until there are
-    logprobs). ``colour`` is the toggle; ``picker`` chooses the position; ``buttons`` branch."""
+def token_option(i: int, t: TokenLogprob) -> str:
+    return f"{i}: '{visible(t.text)}' {100 * math.exp(t.logprob):.0f}%"
 
-    def __init__(self, on_toggle: Callable[[], object], on_branch: Branch | None) -> None:
-        self.colour = widgets.ToggleButton(value=False, description="probabilities", icon="adjust",
-                                           tooltip="colour tokens by probability; hover for alternatives",
-                                           layout=widgets.Layout(width="auto", flex="0 0 auto"))
+
+class TokenPanel(widgets.VBox):
+    """The *probabilities* checkbox (``colour``; the view places it in its controls row), the
+    "branch at" ``picker`` and the alternative ``buttons`` (hidden until a finished reply has
+    logprobs), and ``restore_button`` (shown by a view that can go back to a replaced reply)."""
+
+    def __init__(self, on_toggle: Callable[[], object], on_branch: Branch | None,
+                 on_restore: Callable[[], object] | None = None) -> None:
+        self.colour = widgets.Checkbox(value=False, description="probabilities", indent=False,
+                                       tooltip="colour tokens by probability; hover one for its alternatives",
+                                       layout=widgets.Layout(width="auto", flex="0 0 auto", display="none"))
         self.colour.observe(lambda _c: on_toggle(), names="value")
         self.picker = widgets.Dropdown(description="branch at", options=[], style={"description_width": "5em"},
+                                       tooltip="or click a token of the coloured reply",
                                        layout=widgets.Layout(width="auto", max_width="22em"))
         self.picker.observe(lambda _c: self._show_alternatives(), names="value")
         self.buttons = widgets.HBox(layout=widgets.Layout(flex_flow="row wrap"))
+        self.restore_button = widgets.Button(description="original reply", icon="undo",
+                                             tooltip="put back the reply this branch replaced",
+                                             layout=widgets.Layout(width="auto", display="none"))
+        if on_restore is not None:
+            self.restore_button.on_click(lambda _b: on_restore())
         self._on_branch = on_branch
         self.tokens: tuple[TokenLogprob, ...] = ()
         branch_row = [self.picker, self.buttons] if on_branch is not None else []
-        self.branch_row = widgets.HBox(branch_row, layout=widgets.Layout(display="none", flex_flow="row wrap"))
-        super().__init__([self.colour, self.branch_row], layout=widgets.Layout(display="none"))
+        self.branch_row = widgets.HBox(branch_row, layout=widgets.Layout(display="none", flex_flow="row wrap",
+                                                                         align_items="center"))
+        super().__init__([self.branch_row, self.restore_button], layout=widgets.Layout(display="none"))
+
+    @property
+    def can_branch(self) -> bool:
+        return self._on_branch is not None
 
     def update(self, tokens: Sequence[TokenLogprob], *, done: bool) -> None:
-        """Show the panel once there are logprobs; the branch picker once the reply is done."""
+        """Show the checkbox once there are logprobs; the branch picker once the reply is done (a
+        re-render of the same reply, e.g. the checkbox toggled, keeps the token picked)."""
+        same = tuple(tokens) == self.tokens and bool(self.picker.options)
         self.tokens = tuple(tokens)
-        self.layout.display = "flex" if self.tokens else "none"
+        self.colour.layout.display = "flex" if self.tokens else "none"
         ready = done and bool(self.tokens) and self._on_branch is not None
+        if not ready:
+            self.picker.options = []
         self.branch_row.layout.display = "flex" if ready else "none"
-        if ready:
-            options = [(f"{i}: '{visible(t.text)}' {100 * math.exp(t.logprob):.0f}%", i)
-                       for i, t in enumerate(self.tokens)]
+        self.layout.display = "flex" if ready or self.restore_button.layout.display != "none" else "none"
+        if ready and not same:
             least = min(range(len(self.tokens)), key=lambda i: self.tokens[i].logprob)
-            self.picker.options = options
+            self.picker.options = [(token_option(i, t), i) for i, t in enumerate(self.tokens)]
             self.picker.value = least  # start at the least likely token: where branching is interesting
             self._show_alternatives()
+
+    def show_restore(self, shown: bool) -> None:
+        self.restore_button.layout.display = None if shown else "none"
+        if shown:
+            self.layout.display = "flex"
+
+    def select(self, i: int) -> None:
+        """Pick token ``i`` in "branch at" (a click on the token in the reply)."""
+        if 0 <= i < len(self.tokens) and self.picker.options:
+            self.picker.value = i
 
     def _show_alternatives(self) -> None:
         i = self.picker.value

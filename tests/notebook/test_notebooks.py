@@ -1,6 +1,8 @@
 """The example notebooks run top to bottom on the real model (nbclient + the venv's kernel), and
 their outputs show what they claim: replies with the right answer, a served URL that answered, a
-dashboard figure that was drawn, a load-test table, a freed port."""
+dashboard figure that was drawn, a load-test table, a freed port. After *Run All* their Labs are
+still open (what a researcher does next, a cell appended after the last one, still works), and the
+last cell, explained above it, is the one that would close them."""
 
 from __future__ import annotations
 
@@ -15,14 +17,37 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 pytestmark = [pytest.mark.notebook, pytest.mark.real_model, pytest.mark.timeout(900)]
 
 
-def _run(name: str):
+AFTER_RUN_ALL = "# after Run All: the researcher's next cell\n"
+
+
+def _run(name: str, *after: str):
+    """Run notebook ``name``, then the ``after`` cells in the same kernel (a researcher's next cells)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    _check_the_last_cell_closes_nothing(nb)
+    nb.cells += [nbformat.v4.new_code_cell(AFTER_RUN_ALL + code) for code in after]
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})
     client.execute()
     return nb
+
+
+def _check_the_last_cell_closes_nothing(nb) -> None:
+    """The Lab is closed by nobody but the last cell, commented out, under a "When you are done" text."""
+    *body, explained, last = nb.cells
+    assert explained.cell_type == "markdown" and "When you are done" in explained.source
+    assert "lab.close()" in explained.source and "Run All" in explained.source
+    assert last.cell_type == "code" and "lab.close()" in last.source
+    assert all(line.lstrip().startswith("#") for line in last.source.splitlines() if line.strip())
+    for cell in body:
+        if cell.cell_type == "code":
+            assert "lab.close()" not in cell.source, cell.source
+
+
+def _after(nb, n: int = 0):
+    """The ``n``-th cell appended after the notebook's own cells."""
+    return [c for c in nb.cells if c.source.startswith(AFTER_RUN_ALL)][n]
 
 
 def _cell(nb, needle: str):
@@ -49,7 +74,8 @@ def _mimes(cell) -> set[str]:
 
 
 def test_01_quickstart():
-    nb = _run("01_quickstart.ipynb")
+    nb = _run("01_quickstart.ipynb",
+              "chat.send('Name a red fruit.')\nawait chat.wait()\nprint('chat after Run All:', chat.messages[-1])")
     assert "chatstream_lab.Lab" in _text(_cell(nb, "lab = csl.Lab("))  # the Lab's HTML repr
     inline = _text(_cell(nb, "csl.stream(lab.model"))
     assert "The capital of France is Paris." in inline and "[stop," in inline
@@ -57,11 +83,14 @@ def test_01_quickstart():
     streamed = _text(_cell(nb, "await preview.wait()"))
     assert "Paris" in streamed
     assert re.search(r"stop · \d+ tokens · TTFT \d+\.\d+ s · \d+\.\d tok/s", streamed)
-    assert "Paris" in _text(_cell(nb, "await chat.wait()"))
+    assert "Paris" in _text(_cell(nb, "await chat.wait()\nprint(chat.messages[-1]"))
+    # the chat widget still answers after Run All (it was dead: the last cell closed the Lab)
+    after = _text(_after(nb))
+    assert "chat after Run All: {'role': 'assistant'" in after, after
 
 
 def test_02_prompt_formats():
-    nb = _run("02_prompt_formats.ipynb")
+    nb = _run("02_prompt_formats.ipynb", "print('after Run All:', pg.preview().result(120).text)")
     assert "chatml" in _text(_cell(nb, "presets.names()"))
     own = _text(_cell(nb, "inspect_prompt(None,"))
     assert "tokens" in own and "&lt;|im_start|&gt;assistant" in own
@@ -74,10 +103,12 @@ def test_02_prompt_formats():
     assert "Paris" in rows["model's"] and "Paris" in rows["chatml-brief"]
     final = _text(_cell(nb, "pg.preset.value ="))
     assert "template='chatml'" in final and "max_new_tokens': 32" in final and "Paris" in final
+    assert "after Run All: " in _text(_after(nb)) and "Paris" in _text(_after(nb))
 
 
 def test_03_demo_endpoint():
-    nb = _run("03_demo_endpoint.ipynb")
+    nb = _run("03_demo_endpoint.ipynb", "print('after Run All:', http.get(f'{ep.url}/health').json()['status'],"
+              " lab.generate('What is the capital of France?'))")
     served = _text(_cell(nb, "ep = lab.serve(num_of"))
     url = re.search(r"http://127\.0\.0\.1:\d+", served).group(0)
     assert "serving" in served
@@ -102,10 +133,13 @@ def test_03_demo_endpoint():
     stopped = _text(_cell(nb, "port = ep.port"))
     assert "stopped: True" in stopped
     assert f"serving again on the same port: {url}" in stopped
+    after = _text(_after(nb))
+    assert "after Run All: ok" in after and "Paris" in after  # the endpoint serves on, the Lab answers
 
 
 def test_04_token_probabilities():
-    nb = _run("04_token_probabilities.ipynb")
+    nb = _run("04_token_probabilities.ipynb",
+              "print('first widget shows:', repr(preview.text), '| columns:', len(preview.columns.children))")
     assert "application/vnd.jupyter.widget-view+json" in _mimes(_cell(nb, "preview = lab.preview(question)"))
     tokens = _text(_cell(nb, "preview.tokens_panel.colour.value = True"))
     assert "'Paris'" in tokens or "'␣Paris'" in tokens
@@ -113,9 +147,12 @@ def test_04_token_probabilities():
     spans = int(re.search(r"coloured spans: (\d+)", tokens).group(1))
     assert spans >= 5
     branch = _text(_cell(nb, "preview.branch(i, alt.token_id)"))
-    before = re.search(r"before: (.*)", branch).group(1)
-    after = re.search(r"after: +(.*)", branch).group(1)
-    assert "Paris" in before and after != before
+    original = re.search(r"original: (.*)", branch).group(1)
+    branched = re.search(r"branch: +(.*)", branch).group(1)
+    assert "Paris" in original and branched != original
+    # after Run All the first widget shows the original answer, the branch in a column beside it
+    first = _text(_after(nb))
+    assert "first widget shows: 'The capital of France is Paris.'" in first and "columns: 2" in first, first
     scores = _text(_cell(nb, "for template in"))
     values = dict(re.findall(r"^(\S+).*mean logprob +(-?\d+\.\d+)", scores, re.M))
     assert set(values) == {"model's", "chatml", "vicuna", "alpaca"}

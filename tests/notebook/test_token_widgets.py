@@ -31,29 +31,43 @@ async def test_preview_colours_tokens_and_shows_alternatives(make_lab):
     html = preview.reply.value
     spans = re.findall(r"<span class='csl-tok'", html)
     assert len(spans) == len(preview.tokens)
-    assert "title='&#x27;␣&#x27; 100.0% — top:" in html  # the space token, shown as a glyph
+    assert "token 2: &#x27;␣&#x27; 100.0%" in html  # the space token, shown as a glyph
+    assert "title=" not in html  # the popup is the only hover text: no native tooltip repeating it
     assert "↵" in html and "csl-alts" in html and prob_colour(0.0) in html
     preview.tokens_panel.colour.value = False
     assert "csl-tok" not in preview.reply.value
 
 
-async def test_preview_branches_from_an_alternative(make_lab):
+async def test_preview_branches_into_a_column_beside_the_original(make_lab):
     lab = make_lab(branching_reply)
     preview = lab.preview("hello")
     await asyncio.wait_for(preview.wait(), 10)
     assert preview.text == "Hello P world"
     panel = preview.tokens_panel
     assert panel.branch_row.layout.display == "flex"
-    panel.picker.value = 6  # the "P"
+    preview.reply.selected = 6  # a click on the "P" in the page picks it in "branch at"
+    assert panel.picker.value == 6
+    panel.colour.value = True  # re-renders the reply: the token picked stays picked
+    assert panel.picker.value == 6 and preview.reply.selected == 6
     labels = [b.description for b in panel.buttons.children]
     assert labels[0].startswith("'Q'")  # the scripted runner-up: the next byte
     panel.buttons.children[0].click()
-    fin = await asyncio.wait_for(preview.wait(), 10)
-    assert preview.text == "Hello Q rest" == fin.text
-    assert preview.branches == ["Hello P world"]
-    assert [t.text for t in preview.tokens][:7] == list("Hello Q")
-    assert "branch 1: token 6 forced" in preview.header.value
+    [branch] = preview.branches
+    fin = await asyncio.wait_for(branch.wait(), 10)
+    assert branch.text == "Hello Q rest" == fin.text
+    assert [t.text for t in branch.tokens][:7] == list("Hello Q")
+    assert "branch 1" in branch.header.value and "token 6: &#x27;P&#x27; → &#x27;Q&#x27;" in branch.header.value
+    # the original stays as it was, first, with the branch beside it
+    assert preview.text == "Hello P world" and preview.finished.text == "Hello P world"
+    assert preview.columns.children == (preview.main, branch)
+    assert "original" in preview.column_label.value and preview.column_label.layout.display is None
     assert preview.stop_button.layout.display == "none"  # a finished preview shows no Stop
+    # a branch of the branch joins the same row; closing one leaves the others
+    second = branch.branch(8, branch.tokens[8].top[1].token_id)
+    await asyncio.wait_for(second.wait(), 10)
+    assert preview.branches == [branch, second] and "branch 2" in second.header.value
+    branch.close_button.click()
+    assert preview.branches == [second] and preview.columns.children == (preview.main, second)
 
 
 async def test_chat_colours_and_branches_the_last_reply(make_lab):
@@ -63,9 +77,17 @@ async def test_chat_colours_and_branches_the_last_reply(make_lab):
     assert chat.messages[-1]["content"] == "Hello P world" and len(chat.last_tokens) == 13
     chat.tokens_panel.colour.value = True
     assert chat.transcript.value.count("class='csl-tok'") == 13
+    chat.transcript.selected = 6  # a click on a token picks it in "branch at"
+    assert chat.tokens_panel.picker.value == 6
     await asyncio.wait_for(chat.branch(6, ord("Q")), 10)
     assert [m["content"] for m in chat.messages] == ["hello", "Hello Q rest"]
     assert chat.transcript.value.count("class='csl-tok'") == len("Hello Q rest")
+    # the way back: the replaced reply, its tokens with it
+    assert chat.tokens_panel.restore_button.layout.display is None
+    chat.tokens_panel.restore_button.click()
+    assert [m["content"] for m in chat.messages] == ["hello", "Hello P world"]
+    assert len(chat.last_tokens) == 13 and chat.transcript.value.count("class='csl-tok'") == 13
+    assert chat.tokens_panel.restore_button.layout.display == "none"
 
 
 async def test_compare_scores_a_reference_per_template(make_lab):
@@ -93,6 +115,8 @@ async def test_widget_layouts_keep_labels_whole(make_lab):
     title = column_title("a very long template variant name indeed", lab.config)
     assert title.count("white-space:nowrap") == 2 and "text-overflow:ellipsis" in title
     assert "title='a very long template variant name indeed'" in title
+    assert preview.stop_button in preview.controls.children
+    assert preview.main.children.index(preview.controls) < preview.main.children.index(preview.reply)
     pg = lab.playground()
     slider = pg.sliders["repetition_penalty"]
     assert slider.style.description_width == SLIDER_LABEL_WIDTH
@@ -105,3 +129,12 @@ def test_token_pieces_show_whitespace_glyphs():
     t = TokenLogprob(1, " the\n", -0.1, (TopLogprob(2, " a", -2.0, b" a"),), b" the\n")
     html = tokens_html([t])
     assert "&#x27;␣the↵&#x27; 90.5%" in html and "&#x27;␣a&#x27; 13.5%" in html
+
+
+async def test_probabilities_toggle_is_a_compact_checkbox_in_the_controls_row(make_lab):
+    lab = make_lab("Hi")
+    preview = lab.preview("hello")
+    await asyncio.wait_for(preview.wait(), 10)
+    toggle = preview.tokens_panel.colour
+    assert toggle in preview.controls.children  # beside Stop and the stats line, not a bar of its own
+    assert toggle.layout.width == "auto" and toggle.layout.display == "flex" and not toggle.indent

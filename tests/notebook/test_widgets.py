@@ -97,7 +97,7 @@ async def test_chat_turns_regenerate_clear(make_lab):
     assert chat.messages == before  # same (deterministic) reply, still one assistant turn
     chat.clear()
     assert chat.messages == [{"role": "system", "content": "Be kind."}]
-    assert chat.regenerate() is None and "nothing to regenerate" in chat.status.value
+    assert chat.regenerate() is None and "nothing to regenerate" in chat.notice.value
 
 
 async def test_chat_stop_keeps_partial_reply_marked(make_lab, eventually):
@@ -192,3 +192,62 @@ def test_preview_without_a_running_loop_runs_inline(make_lab):
     assert preview.text == "The capital of France is Paris."
     view = lab.compare({"a": None, "b": "chatml"}, "hi")
     assert [r["finish_reason"] for r in view.rows] == ["stop", "stop"]
+
+
+# -- issue 17: one turn at a time, nothing lost -------------------------------------------------------
+async def test_chat_send_while_a_reply_streams_keeps_the_message_and_says_why(make_lab, eventually):
+    lab = make_lab(lambda prompt: "Cherry." if "red fruit" in prompt else LONG * 4, token_delay=0.01)
+    chat = lab.chat()
+    chat.input.value = "What is the capital of France?"
+    chat.send_button.click()
+    await eventually(lambda: "▍" in chat.transcript.value)
+    assert chat.send_button.disabled  # while a reply streams, Send is off
+    chat.input.value = "Name a red fruit."
+    chat.send_button.click()  # (a click that reached the kernel anyway)
+    assert chat.input.value == "Name a red fruit."  # kept in the box
+    assert "not sent" in chat.notice.value and chat.notice.layout.display is None
+    await asyncio.sleep(0.3)  # the status line is rewritten while the reply streams; the notice stays
+    assert "not sent" in chat.notice.value
+    assert [m["role"] for m in chat.messages] == ["user"]
+    chat.stop_button.click()
+    await asyncio.wait_for(chat.wait(), 10)
+    assert not chat.send_button.disabled
+    chat.send_button.click()
+    assert chat.input.value == "" and chat.notice.layout.display == "none"
+    await asyncio.wait_for(chat.wait(), 10)
+    assert [m["content"] for m in chat.messages if m["role"] == "user"] == [
+        "What is the capital of France?", "Name a red fruit."]
+    assert chat.messages[-1] == {"role": "assistant", "content": "Cherry."}
+
+
+async def test_chat_send_before_the_finished_reply_is_shown_is_refused(make_lab):
+    # A cell that sends and then blocks (or a click handled before the reply's pump ran): the engine has
+    # finished the reply, but it is not in ``messages`` yet. A second Send then must not be accepted
+    # (it was: the first answer vanished and two user turns followed each other).
+    lab = make_lab("Paris.")
+    chat = lab.chat()
+    chat.send("What is the capital of France?")
+    chat.stream.result(10)  # blocks the loop: the reply is done in the engine, its pump has not run
+    assert chat.send("Name a red fruit.") is None
+    assert "not sent" in chat.notice.value
+    await asyncio.wait_for(chat.wait(), 10)
+    assert chat.messages == [{"role": "user", "content": "What is the capital of France?"},
+                             {"role": "assistant", "content": "Paris."}]
+
+
+async def test_chat_refused_by_the_gate_keeps_no_lone_user_turn(make_lab, eventually):
+    lab = make_lab(lambda prompt: LONG * 4 if "hold" in prompt else "Hi!", token_delay=0.01,
+                   num_of_concurrent_executions=1, max_queue_size=0)
+    preview = lab.preview("hold the only slot")
+    await eventually(lambda: preview.text)
+    chat = lab.chat()
+    chat.input.value = "hello?"
+    chat.send_button.click()
+    assert chat.messages == [] and chat.input.value == "hello?"
+    assert "not sent" in chat.notice.value and "queue" in chat.notice.value.lower()
+    assert not chat.busy and not chat.send_button.disabled
+    preview.stop()
+    await preview.wait()
+    chat.send_button.click()
+    await asyncio.wait_for(chat.wait(), 10)
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"]
