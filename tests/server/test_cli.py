@@ -6,7 +6,7 @@ from chatstream_lab import cli
 def test_serve_parser_defaults_and_options():
     args = cli.build_parser().parse_args(["serve"])
     assert (args.model, args.host, args.port, args.num_of_concurrent_executions, args.max_queue_size,
-            args.max_new_tokens, args.token) == (None, "127.0.0.1", 8000, 2, 5, 256, None)
+            args.max_new_tokens, args.token) == (None, "127.0.0.1", 8000, 2, 5, None, None)  # None: 256, or --config's
     args = cli.build_parser().parse_args(
         ["serve", "--model", "m.gguf", "--template", "chatml", "--port", "0", "--num-of-concurrent-executions",
          "4", "--max-queue-size", "0", "--max-new-tokens", "32", "--token", "t"])
