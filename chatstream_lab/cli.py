@@ -58,7 +58,8 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--config", default=None, metavar="PATH",
                    help="serve a configuration saved from a notebook (lab.config.save(PATH), .json or .toml): "
                         "its model, template, system prompt and sampling, with the same config_id "
-                        "(--model, --backend, --dtype override its model; --max-new-tokens, --temperature its sampling)")
+                        "(--model, --backend, --dtype override its model; --max-new-tokens, --temperature "
+                        "its sampling)")
     p.add_argument("--temperature", type=float, default=None,
                    help="default sampling temperature (0 = greedy; default: the model's own, 0 for the "
                         "bundled model, else 0.3)")
@@ -131,7 +132,6 @@ def resolve_token(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import ChatStreamLabError
-    from .models import load_model
     from .server import BackgroundServer, ChatStream, create_app
     from .server.auth import page_url
 

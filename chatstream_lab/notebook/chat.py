@@ -61,6 +61,7 @@ class ChatWidget(widgets.VBox):
         if system_prompt:
             self.messages.append({"role": "system", "content": system_prompt})
         self.notes: dict[int, str] = {}  # message index -> note (e.g. "cancelled")
+        self.finishes: dict[int, Finished] = {}  # assistant message index -> its final event (to_records)
         self.transcript = widgets.HTML()
         self.input = widgets.Textarea(placeholder="Message (Shift+Enter for a new line)",
                                       layout=widgets.Layout(width="100%", height="4em"))
@@ -194,6 +195,7 @@ class ChatWidget(widgets.VBox):
             text = self._prefix_text + fin.text
             if text or not note:
                 self.messages.append({"role": "assistant", "content": text})
+                self.finishes[len(self.messages) - 1] = fin
                 if note:
                     self.notes[len(self.messages) - 1] = note
             self.tokens_panel.update(self.last_tokens, done=True)
@@ -201,6 +203,29 @@ class ChatWidget(widgets.VBox):
             self._say(finish_line(fin))
         self.last = fin
         return fin
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per assistant reply, in the grid's row shape (``notebook/records.py``): the user
+        message before it as ``input``, the reply as ``output``, with its tokens and timings."""
+        records: list[dict[str, Any]] = []
+        for i, m in enumerate(self.messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = next((p["content"] for p in reversed(self.messages[:i]) if p["role"] == "user"), "")
+            fin = self.finishes.get(i)
+            u = fin.usage if fin is not None and fin.text and m["content"].endswith(fin.text) else None
+            records.append({"model": None, "variant": "chat", "input": prompt, "seed": None,
+                            "output": m["content"], "completion_tokens": u.completion_tokens if u else None,
+                            "ttft_s": u.ttft_s if u else None, "latency_s": u.total_s if u else None,
+                            "turn": len(records), "finish_reason": fin.finish_reason.value if u and fin else None,
+                            "note": self.notes.get(i)})
+        return records
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_records` as a DataFrame (pandas: the ``notebook`` extra)."""
+        from .records import records_frame
+
+        return records_frame(self.to_records())
 
     def __repr__(self) -> str:
         state = "streaming" if self.busy else "idle"

@@ -20,7 +20,8 @@ from chatstream_lab.experiments.stats import (
 def test_wilson_interval_known_values():
     # Wilson score interval, 95%: 5/10 -> [0.2366, 0.7634]; 0/10 -> [0, 0.2775]; 81/263 -> [0.2553, 0.3662]
     iv = wilson_interval(5, 10)
-    assert iv.estimate == 0.5 and iv.low == pytest.approx(0.2366, abs=1e-4) and iv.high == pytest.approx(0.7634, abs=1e-4)
+    assert iv.estimate == 0.5
+    assert iv.low == pytest.approx(0.2366, abs=1e-4) and iv.high == pytest.approx(0.7634, abs=1e-4)
     iv = wilson_interval(0, 10)
     assert iv.low == pytest.approx(0.0, abs=1e-12) and iv.high == pytest.approx(0.2775, abs=1e-4)
     iv = wilson_interval(81, 263)
