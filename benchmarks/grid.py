@@ -1,0 +1,131 @@
+"""A prompt-experiment grid vs the same generations through HTTP (``ep.load_test``) and through
+the engine directly, at the same concurrency, on the bundled model (default backend).
+
+    python benchmarks/grid.py                         # 4 variants x 8 inputs x 3 seeds, 64 tokens, C=16
+    python benchmarks/grid.py --concurrency 2,4,8,16  # the sweep behind the Lab's default limits
+    python benchmarks/grid.py --backend torch
+
+For each C, in one process and one window: (1) the grid, ``lab.grid(...)`` with C rows in flight
+(96 sampled generations: each seed is its own generation); (2) ``ep.load_test(clients=C,
+requests=96, max_new_tokens=64)`` against ``lab.serve()`` of the same Lab; (3) the engine's own
+batched throughput: 96 requests submitted straight to the service, C in flight. Tokens/s = tokens
+generated / wall time. Target: grid >= 0.9x the load test. Prints the load average before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import loadavg  # noqa: E402
+
+import chatstream_lab as csl  # noqa: E402
+
+INPUTS = [f"Write a short story about {topic}." for topic in
+          ("a lighthouse keeper", "a lost cat", "the first snow", "a robot gardener", "a night train",
+           "an old map", "a quiet library", "a mountain village")]
+VARIANTS = {"own": None, "chatml": "chatml", "own + storyteller": {"system_prompt": "You are a storyteller."},
+            "chatml + storyteller": {"template": "chatml", "system_prompt": "You are a storyteller."}}
+SEEDS = 3
+TOKENS = 64
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": TOKENS}
+
+
+def run_grid(lab: csl.Lab, concurrency: int) -> tuple[float, int, float]:
+    t0 = time.perf_counter()
+    result = lab.grid(INPUTS, VARIANTS, seeds=SEEDS, reuse=False, concurrency=concurrency).wait(1200)
+    wall = time.perf_counter() - t0
+    tokens = sum(r.completion_tokens for r in result.rows)
+    assert result.generated == len(INPUTS) * len(VARIANTS) * SEEDS, result
+    return tokens / wall, tokens, wall
+
+
+def run_load_test(lab: csl.Lab, concurrency: int) -> tuple[float, int, float]:
+    ep = lab.serve(num_of_concurrent_executions=concurrency, max_queue_size=concurrency)
+    try:
+        res = ep.run_load_test(clients=concurrency, requests=len(INPUTS) * len(VARIANTS) * SEEDS,
+                               max_new_tokens=TOKENS, duration_limit=600, message=INPUTS[0], temperature=0.7)
+    finally:
+        ep.stop()
+    assert res.completed == res.requests, res
+    return res.throughput_tokens_per_s, res.tokens, res.wall_s
+
+
+def run_engine(lab: csl.Lab, concurrency: int) -> tuple[float, int, float]:
+    """The engine's own batched throughput: submit straight to the service, C in flight."""
+    import threading
+
+    configs = [lab.variant(spec).replace(seed=s) for spec in VARIANTS.values() for s in range(SEEDS)]
+    jobs = [(text, config) for text in INPUTS for config in configs]
+    slots = threading.Semaphore(concurrency)
+    tokens = [0]
+    lock = threading.Lock()
+    threads = []
+    t0 = time.perf_counter()
+
+    def one(text: str, config: csl.lab.ServeConfig) -> None:
+        try:
+            fin = lab.submit(text, config).result(600)
+            with lock:
+                tokens[0] += fin.usage.completion_tokens
+        finally:
+            slots.release()
+
+    for text, config in jobs:
+        slots.acquire()
+        t = threading.Thread(target=one, args=(text, config))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return tokens[0] / wall, tokens[0], wall
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--concurrency", default="16")
+    ap.add_argument("--backend", default=None, help="torch or openvino (default: the default backend)")
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    args = ap.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    lm = csl.load_model(backend=args.backend, progress=False)
+    before = loadavg()
+    print(f"model {lm.name} backend {lm.backend} dtype {lm.dtype}; {len(INPUTS)} inputs x {len(VARIANTS)} variants "
+          f"x {SEEDS} seeds = {len(INPUTS) * len(VARIANTS) * SEEDS} generations of up to {TOKENS} tokens; "
+          f"load before {before}", flush=True)
+    rows = []
+    for c in levels:
+        lab = csl.Lab(lm, num_of_concurrent_executions=c, max_queue_size=c, **SAMPLING)
+        try:
+            lab.generate("Hi", timeout=300, max_new_tokens=4)  # build and warm the engine
+            grid = run_grid(lab, c)
+            load = run_load_test(lab, c)
+            engine = run_engine(lab, c)
+        finally:
+            lab.close()
+        row = {"concurrency": c, "grid_tok_s": round(grid[0], 1), "load_test_tok_s": round(load[0], 1),
+               "engine_tok_s": round(engine[0], 1), "grid_over_load_test": round(grid[0] / load[0], 3),
+               "grid_over_engine": round(grid[0] / engine[0], 3), "grid_tokens": grid[1],
+               "grid_wall_s": round(grid[2], 1),
+               "load": loadavg()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(f"load after {loadavg()}")
+    print("| C | grid tok/s | load_test (HTTP) tok/s | engine direct tok/s | grid / load_test | grid / engine |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['concurrency']} | {r['grid_tok_s']} | {r['load_test_tok_s']} | {r['engine_tok_s']} | "
+              f"**{r['grid_over_load_test']:.2f}x** | {r['grid_over_engine']:.2f}x |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rows": rows, "before": before}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
