@@ -303,7 +303,8 @@ class GridResult:
         display(self.view())
 
     def _repr_html_(self) -> str:
-        return f"<div><small>{self.frame().status}</small>{self.frame().table_html}</div>"
+        frame = self.frame()
+        return f"<div><small>{frame.status}</small>{frame.table_html}</div>"
 
     def __repr__(self) -> str:
         counts = self.counts()
