@@ -44,6 +44,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 LabConfig = ServeConfig  # the name this value had before it moved to config.py
 
+# A Lab's admission limits: wide enough for a grid to fill the batch (the engine's throughput grows
+# ~10x from 1 to 16 rows on these 2-core machines, README "Prompt experiments"), with a queue as deep
+# for a demo's HTTP clients. The seed ChatStream and `chatstream-lab serve` keep ChatStream's 2 + 5.
+LAB_CONCURRENCY = 16
+LAB_QUEUE = 16
+
 
 def _load(model: Any) -> LoadedModel:
     from .models import LoadedModel, load_model
@@ -67,8 +73,9 @@ class Lab:
             :class:`~chatstream_lab.models.LoadedModel` (``load_model(...)``, ``scripted_model(...)``,
             ``remote_model(url)``), or a path ``load_model`` understands.
         template: None (the model's own chat template), a preset name, Jinja source, or a template.
-        num_of_concurrent_executions / max_queue_size: the admission limits, shared by previews and
-            HTTP clients (``serve`` may change them while nothing runs).
+        num_of_concurrent_executions / max_queue_size: the admission limits, shared by previews,
+            grids and HTTP clients (``serve`` may change them while nothing runs). Default 16 + 16:
+            a grid keeps the batch full (one slot is left to an endpoint's clients while serving).
         system_prompt: a system message for conversations that bring none.
         session_kv_budget_mb: memory for the KV of a chat session's finished turns, so its next
             turn prefills only the new part (None: the engine's default, 512; 0: off). Applies to
@@ -78,8 +85,8 @@ class Lab:
     Creating a Lab starts no thread; the engine starts on the first preview or request.
     """
 
-    def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = 2,
-                 max_queue_size: int = 5, system_prompt: str | None = None,
+    def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = LAB_CONCURRENCY,
+                 max_queue_size: int = LAB_QUEUE, system_prompt: str | None = None,
                  session_kv_budget_mb: float | None = None, **params: Any) -> None:
         limits = Limits(num_of_concurrent_executions, max_queue_size)  # validates, starts nothing
         self.model: LoadedModel = _load(model)
