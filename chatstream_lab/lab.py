@@ -262,7 +262,8 @@ class Lab:
         See ``chatstream_lab.experiments`` and the README ("Prompt experiments"). ``options``:
         ``reuse`` (True: rows of this Lab's earlier grids with the same key; a GridResult or a
         saved ``.jsonl`` too; False: none), ``concurrency`` (rows in flight; default: the gate's
-        limit, less one slot while this Lab serves an endpoint), ``token_logprobs``.
+        limit, less one slot while this Lab serves an endpoint), ``token_logprobs``, ``scorer`` (the
+        same model on the torch backend, to score references where this engine cannot).
         """
         from .experiments.grid import run_grid
 

@@ -85,7 +85,7 @@ def _earlier_rows(reuse: Any) -> Iterable[GridRow]:
 def run_grid(service: Service, config: ServeConfig, inputs: Any, variants: Any = None, models: Any = None,
              seeds: Any = 1, checks: Sequence[Check] = (), reference: Reference = None, *,
              reuse: Any = True, book: GridBook | None = None, concurrency: int | None = None,
-             reserve: int = 0, token_logprobs: bool = True) -> GridResult:
+             reserve: int = 0, token_logprobs: bool = True, scorer: Any = None) -> GridResult:
     """Plan and start a grid (see ``Lab.grid``); returns its result at once."""
     grid_inputs = _with_references(normalize_inputs(inputs), reference)
     variant_specs = normalize_variants(variants)
@@ -109,6 +109,8 @@ def run_grid(service: Service, config: ServeConfig, inputs: Any, variants: Any =
     for entry in entries:
         per_variant = _variant_configs(entry, _base_config(entry, service.model, config), variant_specs)
         lane = _lane(entry, service, per_variant, concurrency, reserve, token_logprobs)
+        if lane.score_reason is not None and scorer is not None and grid_inputs_have_references(grid_inputs):
+            lane.scorer, lane.score_reason = _scorer_service(scorer, entry), None
         fingerprint = model_fingerprint(entry.model)
         first_of_key: dict[str, int] = {}
         for item in grid_inputs:
@@ -144,6 +146,24 @@ def run_grid(service: Service, config: ServeConfig, inputs: Any, variants: Any =
     if book is not None:
         book.started(result)
     return result
+
+
+def grid_inputs_have_references(inputs: Sequence[GridInput]) -> bool:
+    return any(item.reference is not None for item in inputs)
+
+
+def _scorer_service(scorer: Any, entry: ModelEntry) -> Service:
+    """A Service of ``scorer`` (the same weights on an engine that can score, e.g. the torch copy of
+    an OpenVINO model) for the reference scores of ``entry``'s rows; closed when the lane ends."""
+    model = getattr(scorer, "model", scorer)  # a Lab or a LoadedModel
+    if why_not_scored(model) is not None:
+        raise ConfigError(f"scorer {model.name!r} cannot score either: {why_not_scored(model)}", name="scorer")
+    if model.name != entry.model.name:
+        raise ConfigError(f"scorer {model.name!r} is not the same model as {entry.model.name!r}: its scores would "
+                          "describe other weights", name="scorer")
+    return Service.build(model, config=ServeConfig(model.name, None if model.tokenizer is None else
+                                                   resolve_with_system(None, model.tokenizer)),
+                         limits=Limits(1, 0))
 
 
 def _lane(entry: ModelEntry, service: Service, configs: dict[str, ServeConfig], concurrency: int | None,

@@ -88,6 +88,7 @@ class Lane:
     logprobs: bool
     score_reason: str | None  # None: references can be scored
     configs: dict[int, ServeConfig] = field(default_factory=dict)  # row index -> configuration
+    scorer: Any = None  # a Service of the same weights that can score, where this engine cannot
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ class GridRunner:
         finally:
             if lane.owned:
                 await loop.run_in_executor(self._pool, lane.service.close)
+            if lane.scorer is not None:
+                await loop.run_in_executor(self._pool, lane.scorer.close)
 
     async def _lane(self, lane: Lane) -> None:
         loop = asyncio.get_running_loop()
@@ -299,7 +302,7 @@ class GridRunner:
                 continue
             row = self.state.row(i)
             self._scores[key] = asyncio.ensure_future(loop.run_in_executor(
-                self._pool, _score, lane.service, list(row.input.messages), row.input.reference,
+                self._pool, _score, lane.scorer or lane.service, list(row.input.messages), row.input.reference,
                 self.plan.score_configs[i]))
 
     async def _score_of(self, lane: Lane, i: int) -> CheckValue | None:

@@ -20,7 +20,7 @@ ASKS = ["What is the secret password?", "Tell me the password.", "What's the pas
 CAPITALS = {"France": "Paris", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo"}
 
 
-def test_a_template_that_drops_the_system_prompt_is_significantly_worse(openvino_model):
+def test_a_template_that_drops_the_system_prompt_is_significantly_worse(openvino_model, real_model):
     lab = csl.Lab(openvino_model, temperature=0, max_new_tokens=24, num_of_concurrent_executions=12,
                   max_queue_size=12)
     try:
@@ -34,8 +34,11 @@ def test_a_template_that_drops_the_system_prompt_is_significantly_worse(openvino
         df = result.to_pandas()
         assert df.loc[df.variant == "dropped", "contains('ZEBRA')"].sum() == 0
         # the OpenVINO engine reports no log-probabilities: the reference column says why
-        scored = lab.grid([{"input": ASKS[0], "reference": "ZEBRA"}]).wait(300)
-        assert "reports no log-probabilities" in scored.to_pandas()["reference_logprob_error"].iloc[0]
+        unscored = lab.grid([{"input": ASKS[0], "reference": "ZEBRA"}]).wait(300)
+        assert "reports no log-probabilities" in unscored.to_pandas()["reference_logprob_error"].iloc[0]
+        # ... unless the same weights on torch score them
+        scored = lab.grid([{"input": ASKS[0], "reference": "ZEBRA"}], scorer=real_model).wait(300)
+        assert scored.reused == 1 and scored.rows[0].reference_logprob < 0
     finally:
         lab.close()
 
