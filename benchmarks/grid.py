@@ -88,13 +88,16 @@ def run_engine(lab: csl.Lab, concurrency: int) -> tuple[float, int, float]:
 
 
 def main() -> int:
+    global SEEDS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--concurrency", default="16")
     ap.add_argument("--backend", default=None, help="torch or openvino (default: the default backend)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--grid-only", action="store_true", help="only the grid at each C (the limits sweep)")
+    ap.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per (variant, input) (default {SEEDS})")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    SEEDS = args.seeds
     lm = csl.load_model(backend=args.backend, progress=False)
     before = loadavg()
     print(f"model {lm.name} backend {lm.backend} dtype {lm.dtype}; {len(INPUTS)} inputs x {len(VARIANTS)} variants "
