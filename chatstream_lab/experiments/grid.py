@@ -155,7 +155,7 @@ def grid_inputs_have_references(inputs: Sequence[GridInput]) -> bool:
 def _scorer_service(scorer: Any, entry: ModelEntry) -> Service:
     """A Service of ``scorer`` (the same weights on an engine that can score, e.g. the torch copy of
     an OpenVINO model) for the reference scores of ``entry``'s rows; closed when the lane ends."""
-    model = getattr(scorer, "model", scorer)  # a Lab or a LoadedModel
+    model = scorer.model if hasattr(scorer, "service") else scorer  # a Lab, or a LoadedModel
     if why_not_scored(model) is not None:
         raise ConfigError(f"scorer {model.name!r} cannot score either: {why_not_scored(model)}", name="scorer")
     if model.name != entry.model.name:
