@@ -226,3 +226,19 @@ def test_show_opens_a_row_with_its_token_colours(make_lab):
     assert view.tokens_panel.colour.value and "csl-tok" in view.reply.value
     assert result.show(result.to_pandas().iloc[0]).reply.value == view.reply.value
     assert not math.isnan(result.rows[0].ttft_s)
+
+
+def test_a_scorer_must_be_the_same_model_and_able_to_score(make_lab):
+    from chatstream_lab.experiments.grid import _scorer_service
+    from chatstream_lab.experiments.spec import ModelEntry
+    from chatstream_lab.models import scripted_model
+
+    lab = make_lab()
+    remote = csl.remote_model("http://127.0.0.1:9", tokenizer=lab.model, name="scripted")
+    with pytest.raises(csl.ConfigError, match="cannot score either"):
+        _scorer_service(remote, ModelEntry("scripted", lab.model))
+    with pytest.raises(csl.ConfigError, match="not the same model"):
+        _scorer_service(scripted_model("x"), ModelEntry("remote", csl.remote_model("http://127.0.0.1:9", name="other")))
+    service = _scorer_service(lab, ModelEntry("remote", remote))  # a Lab works too
+    assert service.model is lab.model and service.limits.num_of_concurrent_executions == 1
+    service.close()
