@@ -129,7 +129,7 @@ def test_06_prompt_experiments():
     free = _text(_cell(nb, "kernel answered in"))
     m = re.search(r"kernel answered in ([\d.]+) ms while the grid ran: (\d+)/36 rows finished, done=(\w+)", free)
     assert m and m.group(3) == "False" and int(m.group(2)) < 36  # the kernel ran a cell mid-grid
-    summary = _text(_cell(nb, "result.summary()"))
+    summary = _text(_cell(nb, "result.wait()"))
     assert "<GridResult done: 36 rows (36 done" in summary
     assert "names_the_city" in summary and "reference_logprob" in summary and "McNemar" in summary
     compared = _text(_cell(nb, 'result.compare("chatml", "vicuna")'))
