@@ -250,7 +250,8 @@ class GridResult:
         return GridSummary(table, tuple(comparisons), tuple(metrics), header, tuple(notes))
 
     def plot(self, metric: str | None = None) -> Any:
-        """A matplotlib figure: each model x variant's estimate with its 95% interval, per metric."""
+        """A matplotlib figure (shown as PNG in a notebook; ``.figure``, ``.savefig``): each model x
+        variant's estimate with its 95% interval, per metric."""
         summary = self.summary()
         if metric is not None:
             summary = GridSummary(summary.table, (), (self._primary(metric),))

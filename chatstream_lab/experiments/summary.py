@@ -193,6 +193,27 @@ class GridSummary:
                 "<small>intervals: 95% (Wilson for pass rates, bootstrap for means); * p &lt; 0.05</small></div>")
 
 
+class Plot:
+    """A matplotlib figure that shows itself in a notebook (as PNG) without pyplot; every figure
+    attribute (``savefig``, ``axes``...) is the figure's."""
+
+    def __init__(self, figure: Any) -> None:
+        self.figure = figure
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.figure, name)
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        return f"<Plot {', '.join(ax.get_title() for ax in self.figure.axes)}>"
+
+
 def plot_summary(summary: GridSummary) -> Any:
     """A figure: one panel per metric, each model x variant's estimate with its 95% interval."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -218,8 +239,8 @@ def plot_summary(summary: GridSummary) -> Any:
         ax.set_title(metric + (f" ({UNITS[metric]})" if metric in UNITS else ""), fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return fig
+    return Plot(fig)
 
 
-__all__ = ["GridSummary", "MetricStats", "REFERENCE", "VariantStats", "compare_groups", "is_binary",
+__all__ = ["GridSummary", "MetricStats", "Plot", "REFERENCE", "VariantStats", "compare_groups", "is_binary",
            "metric_stats", "metric_value", "per_input", "plot_summary", "variant_stats"]

@@ -56,6 +56,7 @@ def test_a_variant_that_drops_the_system_prompt_is_reported_significantly_worse(
     assert summary.table[0].metrics[0].interval.estimate == 1.0
     fig = result.plot()
     assert fig.axes and fig.axes[0].get_title() == "contains('ZEBRA')"
+    assert fig._repr_png_().startswith(b"\x89PNG")  # a notebook shows it without pyplot
 
 
 def test_checks_that_fail_say_why_and_user_callables_name_their_column(make_lab):
