@@ -103,6 +103,7 @@ def main() -> int:
     ap.add_argument("--backend", default=None, help="torch or openvino (default: the default backend)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--grid-only", action="store_true", help="only the grid at each C (the limits sweep)")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds per C, the order reversed every other one")
     ap.add_argument("--seeds", type=int, default=SEEDS, help=f"seeds per (variant, input) (default {SEEDS})")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -117,25 +118,26 @@ def main() -> int:
         lab = csl.Lab(lm, num_of_concurrent_executions=c, max_queue_size=c, **SAMPLING)
         try:
             lab.generate("Hi", timeout=300, max_new_tokens=4)  # build and warm the engine
-            grid = run_grid(lab, c)
             if args.grid_only:
+                grid = run_grid(lab, c)
                 rows.append({"concurrency": c, "grid_tok_s": round(grid[0], 1), "load": loadavg()})
                 print(json.dumps(rows[-1]), flush=True)
                 continue
-            same = run_grid_like_load_test(lab, c)
-            load = run_load_test(lab, c)
-            engine = run_engine(lab, c)
+            phases = {"grid": run_grid, "engine": run_engine, "same": run_grid_like_load_test,
+                      "load": run_load_test}
+            for rnd in range(args.rounds):  # alternate the order: the machine's load drifts
+                order = list(phases) if rnd % 2 == 0 else list(phases)[::-1]
+                got = {name: phases[name](lab, c) for name in order}
+                grid, engine, same, load = got["grid"], got["engine"], got["same"], got["load"]
+                row = {"concurrency": c, "round": rnd + 1, "grid_tok_s": round(grid[0], 1),
+                       "engine_tok_s": round(engine[0], 1), "grid_over_engine": round(grid[0] / engine[0], 3),
+                       "grid_same_prompts_tok_s": round(same[0], 1), "load_test_tok_s": round(load[0], 1),
+                       "same_prompts_grid_over_load_test": round(same[0] / load[0], 3), "load": loadavg()}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         finally:
             lab.close()
-        row = {"concurrency": c, "grid_tok_s": round(grid[0], 1), "grid_same_prompts_tok_s": round(same[0], 1),
-               "load_test_tok_s": round(load[0], 1),
-               "same_prompts_grid_over_load_test": round(same[0] / load[0], 3),
-               "engine_tok_s": round(engine[0], 1), "grid_over_load_test": round(grid[0] / load[0], 3),
-               "grid_over_engine": round(grid[0] / engine[0], 3), "grid_tokens": grid[1],
-               "grid_wall_s": round(grid[2], 1),
-               "load": loadavg()}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+
     print(f"load after {loadavg()}")
     print("| C | grid 4x8x3 tok/s | engine direct, same prompts | grid / engine | grid of the load test's prompts | "
           "load_test (HTTP) | grid / load_test |")
@@ -143,7 +145,8 @@ def main() -> int:
     for r in rows:
         if "load_test_tok_s" not in r:
             continue
-        print(f"| {r['concurrency']} | {r['grid_tok_s']} | {r['engine_tok_s']} | **{r['grid_over_engine']:.2f}x** | "
+        print(f"| {r['concurrency']} (round {r['round']}) | {r['grid_tok_s']} | {r['engine_tok_s']} | "
+              f"**{r['grid_over_engine']:.2f}x** | "
               f"{r['grid_same_prompts_tok_s']} | {r['load_test_tok_s']} | "
               f"**{r['same_prompts_grid_over_load_test']:.2f}x** |")
     if args.out:
