@@ -20,6 +20,7 @@ from .errors import (
     ConfigError,
     GenerationError,
     InvalidParameter,
+    MissingExtra,
     ModelLoadError,
     NothingToRegenerate,
     QueueFull,
@@ -49,11 +50,15 @@ _LAZY = {
     "ChatStream": ".server",
     "create_app": ".server",
     "Lab": ".lab",
+    "GridResult": ".experiments",
+    "Judge": ".experiments",
+    "checks": ".experiments",
+    "load_config": ".prompts.config_file",
 }
 
 __all__ = sorted([
     "ChatStreamLabError", "ConfigError", "Delta", "FinishReason", "Finished", "GenerationError",
-    "InvalidParameter", "ModelLoadError", "NothingToRegenerate", "QueueFull", "Queued",
+    "InvalidParameter", "MissingExtra", "ModelLoadError", "NothingToRegenerate", "QueueFull", "Queued",
     "ReplyScore", "SamplingParams", "ServerStartError", "SessionBusy", "TemplateError", "TokenLogprob",
     "TopLogprob", "Usage", "__version__",
     *_LAZY,
@@ -75,7 +80,9 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine, RequestStream, score, stream
+    from .experiments import GridResult, Judge, checks
     from .lab import Lab
     from .models import LoadedModel, load_model, remote_model, scripted_model
     from .prompts import ChatPrompt, DeclarativeTemplate, JinjaTemplate, inspect_prompt, presets
+    from .prompts.config_file import load_config
     from .server import ChatStream, create_app

@@ -54,7 +54,12 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
                    help="requests generating at once (default 2)")
     p.add_argument("--max-queue-size", type=_non_negative_int, default=5,
                    help="requests that may wait; more get HTTP 429 (default 5)")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="reply length cap (default 256)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="reply length cap (default 256)")
+    p.add_argument("--config", default=None, metavar="PATH",
+                   help="serve a configuration saved from a notebook (lab.config.save(PATH), .json or .toml): "
+                        "its model, template, system prompt and sampling, with the same config_id "
+                        "(--model, --backend, --dtype override its model; --max-new-tokens, --temperature "
+                        "its sampling)")
     p.add_argument("--temperature", type=float, default=None,
                    help="default sampling temperature (0 = greedy; default: the model's own, 0 for the "
                         "bundled model, else 0.3)")
@@ -127,19 +132,21 @@ def resolve_token(args: argparse.Namespace, environ: Mapping[str, str] = os.envi
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .errors import ChatStreamLabError
-    from .models import load_model
     from .server import BackgroundServer, ChatStream, create_app
     from .server.auth import page_url
 
     try:
         token = resolve_token(args)
+        saved = _saved_config(args)
         print("Loading model…", file=sys.stderr, flush=True)
-        model = _remote(args) if args.upstream else load_model(
-            args.model, backend=args.backend, device=args.device, dtype=args.dtype)
-        params = model.default_params.replace(max_new_tokens=args.max_new_tokens)
+        model = _model(args, saved)
+        params = saved.params if saved is not None else model.default_params.replace(max_new_tokens=256)
+        if args.max_new_tokens is not None:
+            params = params.replace(max_new_tokens=args.max_new_tokens)
         if args.temperature is not None:
             params = params.replace(temperature=args.temperature)
-        chat_stream = ChatStream(model=model, template=args.template,
+        template = saved.template if saved is not None else args.template
+        chat_stream = ChatStream(model=model, template=template,
                                  num_of_concurrent_executions=args.num_of_concurrent_executions,
                                  max_queue_size=args.max_queue_size, params=params,
                                  session_kv_budget_mb=args.session_kv_budget_mb)
@@ -157,7 +164,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         chat_stream.close()
         return 2
-    print(f"Serving {model.name} at {page_url(server.url, token)}  (Ctrl-C to stop)", flush=True)
+    print(f"Serving {model.name} at {page_url(server.url, token)}  config_id {chat_stream.service.config_id}  "
+          "(Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()  # the main thread keeps Python's own SIGINT -> KeyboardInterrupt
     except KeyboardInterrupt:
@@ -166,6 +174,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         chat_stream.close()
     return 0
+
+
+def _saved_config(args: argparse.Namespace) -> Any:
+    """The configuration of ``--config`` (None without it)."""
+    from .errors import ConfigError
+    from .prompts.config_file import load_config
+
+    if args.config is None:
+        return None
+    if args.template is not None:
+        raise ConfigError("--config already has a template: leave --template out", name="template")
+    return load_config(args.config)
+
+
+def _model(args: argparse.Namespace, saved: Any) -> Any:
+    """``--upstream``'s remote model, ``--model``, the saved configuration's model, or the bundled one."""
+    from .models import load_model, load_ref
+
+    if args.upstream:
+        return _remote(args)
+    if args.model is None and saved is not None and saved.model_ref is not None:
+        ref = saved.model_ref
+        if args.backend == "auto" and args.dtype is None:
+            return load_ref(ref)
+        return load_model(None if ref.source == "bundled" else ref.source, backend=args.backend,
+                          device=args.device, dtype=args.dtype)
+    return load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
 
 
 def _remote(args: argparse.Namespace) -> Any:

@@ -205,6 +205,27 @@ def template_name(template: Any) -> str:
     return str(getattr(template, "name", type(template).__name__))
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """Where a configuration's model comes from, so a saved configuration can load it again.
+
+    ``source`` is what ``load_model`` was given (a path, a hub id; ``"bundled"`` for the bundled
+    model) or the upstream URLs of a remote model; ``backend`` and ``dtype`` as
+    ``LoadedModel`` reports them. Not part of ``config_id`` (that is the model's ``name``).
+    """
+
+    name: str
+    source: str
+    backend: str = "torch"
+    dtype: str = "float32"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "source": self.source, "backend": self.backend, "dtype": self.dtype}
+
+
+CONFIG_FILE_FORMAT = 1  # "chatstream_lab_config" in a saved configuration file
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Model name + chat template + sampling parameters: what a preview and an endpoint run with.
@@ -218,6 +239,7 @@ class ServeConfig:
     template: Any
     params: SamplingParams = field(default_factory=SamplingParams)
     config_id: str = field(init=False, compare=False)
+    model_ref: ModelRef | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         generation = {k: v for k, v in self.params.as_dict().items() if k != "logprobs"}
@@ -237,7 +259,34 @@ class ServeConfig:
     def replace(self, *, template: Any = UNSET, **params: Any) -> ServeConfig:
         """A copy with another (already resolved) template and/or changed sampling parameters."""
         return ServeConfig(self.model_name, self.template if template is UNSET else template,
-                           self.params.replace(**params))
+                           self.params.replace(**params), model_ref=self.model_ref)
+
+    def to_file_data(self) -> dict[str, Any]:
+        """What :meth:`save` writes: the template as its fingerprint (without an added system
+        prompt, which is its own field), the sampling parameters, the model reference and the
+        ``config_id`` they make. ``chatstream_lab.load_config`` rebuilds the same configuration."""
+        inner = getattr(self.template, "inner", self.template)  # a system prompt wrapper's template
+        return {"chatstream_lab_config": CONFIG_FILE_FORMAT, "config_id": self.config_id,
+                "model": self.model_ref.as_dict() if self.model_ref else {"name": self.model_name},
+                "system_prompt": self.system_prompt, "template": template_fingerprint(inner),
+                "params": {k: v for k, v in self.params.as_dict().items() if k != "logprobs"}}
+
+    def save(self, path: Any) -> Any:
+        """Write this configuration to ``path`` (``.json``, or ``.toml``); returns the path.
+
+        ``Lab.from_config(path)`` and ``chatstream-lab serve --config path`` serve it again with
+        the same ``config_id``.
+        """
+        from pathlib import Path
+
+        target = Path(path)
+        data = self.to_file_data()
+        if target.suffix.lower() == ".toml":
+            text = to_toml(data)
+        else:
+            text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        target.write_text(text, encoding="utf-8")
+        return target
 
     def as_dict(self) -> dict[str, Any]:
         return {"config_id": self.config_id, "model": self.model_name, "template": self.template_name,
@@ -248,3 +297,35 @@ class ServeConfig:
                    if v != getattr(SamplingParams(), k) and not (k == "stop" and not v)}
         return (f"ServeConfig({self.config_id}: model={self.model_name!r}, template={self.template_name!r}, "
                 f"params={changed})")
+
+
+def _toml_value(value: Any, where: str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidParameter(f"{where}: {value!r} cannot be written as TOML", name=where)
+        return repr(value)
+    if isinstance(value, str):  # a JSON string is a TOML basic string, once DEL is escaped too
+        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v, where)}"
+                               for k, v in value.items() if v is not None) + "}"
+    raise InvalidParameter(f"{where}: {value!r} cannot be written as TOML; save as .json", name=where)
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """``data`` as TOML: scalars first, then one table per nested dict. TOML has no null, so
+    keys whose value is None are left out (reading them back gives the default, None)."""
+    def table(prefix: str, d: dict[str, Any]) -> list[str]:
+        lines = [f"{json.dumps(str(k))} = {_toml_value(v, prefix + str(k))}" for k, v in d.items()
+                 if v is not None and not isinstance(v, dict)]
+        for k, v in d.items():
+            if isinstance(v, dict):
+                name = f"{prefix}{json.dumps(str(k))}"
+                lines += ["", f"[{name}]", *table(name + ".", v)]
+        return lines
+
+    return "\n".join(table("", data)) + "\n"

@@ -17,7 +17,8 @@ data that explains it (not just text). HTTP status codes are mapped in one place
     ├── SessionError
     │   ├── SessionBusy                   a turn is already in flight for this session (409)
     │   └── NothingToRegenerate           regenerate on an empty history (409)
-    └── ServerStartError                  port busy, server failed to start
+    ├── ServerStartError                  port busy, server failed to start
+    └── MissingExtra (ImportError)        an optional package is not installed; names the extra
 """
 
 from __future__ import annotations
@@ -92,3 +93,12 @@ class NothingToRegenerate(SessionError):
 
 class ServerStartError(ChatStreamLabError):
     """The background server could not start (for example, the port is in use)."""
+
+
+class MissingExtra(ChatStreamLabError, ImportError):
+    """An optional package is missing; the message names the extra that installs it
+    (``pip install 'chatstream_lab[notebook]'``)."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra

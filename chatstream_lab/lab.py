@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import UNSET, Limits, RequestLimits, ServeConfig
 from .errors import ConfigError
+from .experiments.cache import GridBook
 from .prompts.variants import derive_config, resolve_with_system
 from .service import Service
 from .stats import StatsSnapshot
@@ -33,6 +34,7 @@ from .types import ReplyScore
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import RequestStream
     from .engine.core.protocol import Generator
+    from .experiments import GridResult
     from .models import LoadedModel
     from .notebook.chat import ChatWidget
     from .notebook.compare import CompareView
@@ -41,6 +43,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from .notebook.preview import StreamPreview
 
 LabConfig = ServeConfig  # the name this value had before it moved to config.py
+
+# A Lab's admission limits: wide enough for a grid to fill the batch (the engine's throughput grows
+# ~10x from 1 to 16 rows on these 2-core machines, README "Prompt experiments"), with a queue as deep
+# for a demo's HTTP clients. The seed ChatStream and `chatstream-lab serve` keep ChatStream's 2 + 5.
+LAB_CONCURRENCY = 16
+LAB_QUEUE = 16
 
 
 def _load(model: Any) -> LoadedModel:
@@ -75,8 +83,9 @@ class Lab:
             :class:`~chatstream_lab.models.LoadedModel` (``load_model(...)``, ``scripted_model(...)``,
             ``remote_model(url)``), or a path ``load_model`` understands.
         template: None (the model's own chat template), a preset name, Jinja source, or a template.
-        num_of_concurrent_executions / max_queue_size: the admission limits, shared by previews and
-            HTTP clients (``serve`` may change them while nothing runs).
+        num_of_concurrent_executions / max_queue_size: the admission limits, shared by previews,
+            grids and HTTP clients (``serve`` may change them while nothing runs). Default 16 + 16:
+            a grid keeps the batch full (one slot is left to an endpoint's clients while serving).
         system_prompt: a system message for conversations that bring none.
         session_kv_budget_mb: memory for the KV of a chat session's finished turns, so its next
             turn prefills only the new part (None: the engine's default, 512; 0: off). Applies to
@@ -88,14 +97,14 @@ class Lab:
     waits for that build (``preview``, ``chat`` and ``serve`` return at once).
     """
 
-    def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = 2,
-                 max_queue_size: int = 5, system_prompt: str | None = None,
+    def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = LAB_CONCURRENCY,
+                 max_queue_size: int = LAB_QUEUE, system_prompt: str | None = None,
                  session_kv_budget_mb: float | None = None, **params: Any) -> None:
         limits = Limits(num_of_concurrent_executions, max_queue_size)  # validates, starts nothing
         self.model: LoadedModel = _load(model)
         self.config = ServeConfig(self.model.name, resolve_with_system(
             template, self.model.tokenizer, UNSET if system_prompt is None else system_prompt),
-            self.model.default_params.replace(**params))
+            self.model.default_params.replace(**params), model_ref=self.model.ref)
         engine_options: dict[str, Any] = ({} if session_kv_budget_mb is None
                                           else {"session_kv_budget_mb": session_kv_budget_mb})
         self.service = Service.build(self.model, config=self.config, limits=limits, **engine_options)
@@ -103,16 +112,42 @@ class Lab:
         self._endpoint: Endpoint | None = None
         self._lock = threading.RLock()
         self._closed = False
+        self._grids = GridBook()  # rows of this Lab's grids, re-used by key; grids to stop on close()
+
+    @classmethod
+    def from_config(cls, path: str | Path, model: Any = None, **options: Any) -> Lab:
+        """A Lab on the configuration saved at ``path`` (``lab.config.save(path)``), with the same
+        ``config_id``; ``model`` overrides the saved model reference (needed for a scripted model,
+        or a remote one that rendered with a local tokenizer). ``options``: the Lab's limits."""
+        from .models import load_ref
+        from .prompts.config_file import load_config
+
+        saved = load_config(path)
+        if model is None:
+            if saved.model_ref is None:
+                raise ConfigError(f"{path} names no model source: pass model=...", name="model")
+            model = load_ref(saved.model_ref)
+        lab = cls(model, saved.template, **saved.params.as_dict(), **options)
+        if lab.config.config_id != saved.config_id:
+            import warnings
+
+            warnings.warn(f"the model {lab.model.name!r} is not the saved one ({saved.model_name!r}): "
+                          f"config_id {lab.config.config_id}, not {saved.config_id}", UserWarning, stacklevel=2)
+        return lab
 
     # -- configuration -----------------------------------------------------------------------------
-    def configure(self, *, template: Any = UNSET, system_prompt: Any = UNSET, **params: Any) -> ServeConfig:
-        """Make a new current configuration (template, system prompt and/or sampling parameters).
+    def configure(self, config: ServeConfig | None = None, *, template: Any = UNSET, system_prompt: Any = UNSET,
+                  **params: Any) -> ServeConfig:
+        """Make a new current configuration (template, system prompt and/or sampling parameters),
+        or take ``config`` as it is (a grid's winner: ``lab.configure(result.config("chatml"))``).
 
         Returns the new :class:`~chatstream_lab.config.ServeConfig`. Requests already submitted keep
         theirs; a running endpoint keeps serving the configuration it was started with (``serve()``
         again to switch).
         """
-        self.config = self.variant({"template": template, "system_prompt": system_prompt, **params})
+        base = self.config if config is None else self.variant(config)
+        self.config = derive_config(base, {"template": template, "system_prompt": system_prompt, **params},
+                                    self.model.tokenizer)
         return self.config
 
     def variant(self, spec: Any) -> ServeConfig:
@@ -242,6 +277,23 @@ class Lab:
                 return self.service.score(message, reference, config).mean_logprob
         return CompareView.start(self.submit, configs, message, scorer=scorer)
 
+    def grid(self, inputs: Any, variants: dict[str, Any] | None = None, models: Any = None, seeds: Any = 1,
+             checks: Any = (), reference: Any = None, **options: Any) -> GridResult:
+        """Every input through every variant, on every model, ``seeds`` times; returns at once.
+
+        See ``chatstream_lab.experiments`` and the README ("Prompt experiments"). ``options``:
+        ``reuse`` (True: rows of this Lab's earlier grids with the same key; a GridResult or a
+        saved ``.jsonl`` too; False: none), ``concurrency`` (rows in flight; default: the gate's
+        limit, less one slot while this Lab serves an endpoint), ``token_logprobs``, ``scorer`` (the
+        same model on the torch backend, to score references where this engine cannot).
+        """
+        from .experiments.grid import run_grid
+
+        self._check_open()
+        reserve = 1 if self.endpoint is not None else 0
+        return run_grid(self.service, self.config, inputs, variants, models, seeds, checks, reference,
+                        book=self._grids, reserve=reserve, **options)
+
     # -- serving --------------------------------------------------------------------------------------
     def serve(self, port: int | None = None, host: str = "127.0.0.1", *,
               num_of_concurrent_executions: int | None = None, max_queue_size: int | None = None,
@@ -286,6 +338,7 @@ class Lab:
         with self._lock:
             self.stop_serving()
             self._closed = True
+        self._grids.stop_all()
         self.service.close()
 
     def __enter__(self) -> Lab:

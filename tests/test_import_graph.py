@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"engine"},
     {"service"},
     {"server", "notebook"},
+    {"experiments"},  # the prompt-experiment grid: a client of service, shown by notebook widgets
     {"lab", "cli", "console"},
 ]
 SAME_LAYER_OK = {

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from ..config import SamplingParams
+from ..config import ModelRef, SamplingParams
 
 
 class Backend(str, Enum):
@@ -51,6 +51,13 @@ class LoadedModel:
     def default_params(self) -> SamplingParams:
         """SamplingParams with this model's own defaults applied."""
         return SamplingParams().replace(**dict(self.sampling_defaults))
+
+    @property
+    def ref(self) -> ModelRef:
+        """What loads this model again (a saved configuration records it)."""
+        from .ref import model_ref
+
+        return model_ref(self)
 
     @property
     def is_scripted(self) -> bool:

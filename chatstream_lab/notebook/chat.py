@@ -77,6 +77,7 @@ class ChatWidget(widgets.VBox):
         self._in_turn = False  # from submission until the reply is in ``messages`` (or dropped)
         self.transcript = ReplyView(max_height=TRANSCRIPT_MAX_HEIGHT, clickable=continuation is not None)
         self.notice = widgets.HTML(layout=widgets.Layout(display="none"))
+        self.finishes: dict[int, Finished] = {}  # assistant message index -> its final event (to_records)
         self.input = widgets.Textarea(placeholder="Message (Shift+Enter for a new line)",
                                       layout=widgets.Layout(width="100%", height="4em"))
         self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
@@ -278,6 +279,7 @@ class ChatWidget(widgets.VBox):
             text = self._prefix_text + fin.text
             if text or not note:
                 self.messages.append({"role": "assistant", "content": text})
+                self.finishes[len(self.messages) - 1] = fin
                 if note:
                     self.notes[len(self.messages) - 1] = note
             self.tokens_panel.update(self.last_tokens, done=True)
@@ -287,6 +289,29 @@ class ChatWidget(widgets.VBox):
             self._end_turn()  # only now: until its reply is in ``messages`` a turn is in progress
         self.last = fin
         return fin
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per assistant reply, in the grid's row shape (``notebook/records.py``): the user
+        message before it as ``input``, the reply as ``output``, with its tokens and timings."""
+        records: list[dict[str, Any]] = []
+        for i, m in enumerate(self.messages):
+            if m["role"] != "assistant":
+                continue
+            prompt = next((p["content"] for p in reversed(self.messages[:i]) if p["role"] == "user"), "")
+            fin = self.finishes.get(i)
+            u = fin.usage if fin is not None and fin.text and m["content"].endswith(fin.text) else None
+            records.append({"model": None, "variant": "chat", "input": prompt, "seed": None,
+                            "output": m["content"], "completion_tokens": u.completion_tokens if u else None,
+                            "ttft_s": u.ttft_s if u else None, "latency_s": u.total_s if u else None,
+                            "turn": len(records), "finish_reason": fin.finish_reason.value if u and fin else None,
+                            "note": self.notes.get(i)})
+        return records
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_records` as a DataFrame (pandas: the ``notebook`` extra)."""
+        from .records import records_frame
+
+        return records_frame(self.to_records())
 
     def __repr__(self) -> str:
         state = "streaming" if self.busy else "idle"

@@ -80,6 +80,7 @@ class CompareView(widgets.VBox):
         self.columns = widgets.HBox(layout=widgets.Layout(align_items="flex-start", flex_flow="row wrap"))
         super().__init__([self.columns, self.table])
         self.task: asyncio.Task[list[dict[str, Any]]] | None = None
+        self.message: Any = None
 
     @classmethod
     def start(cls, submit: Submit, variants: dict[str, ServeConfig], message: Any, *,
@@ -87,6 +88,7 @@ class CompareView(widgets.VBox):
         if not variants:
             raise ChatStreamLabError("compare() needs at least one variant: {name: template_or_params}")
         view = cls(variants, scorer)
+        view.message = message
         columns = []
         for name, config in variants.items():
             preview = StreamPreview(column_title(name, config), max_height=COLUMN_MAX_HEIGHT,
@@ -123,6 +125,35 @@ class CompareView(widgets.VBox):
         self.rows = rows
         self.table.value = table_html(rows)
         return rows
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per variant in the grid's row shape (``notebook/records.py``): ``model``,
+        ``variant``, ``input``, ``seed``, ``output``, ``completion_tokens``, ``ttft_s``, ``latency_s``,
+        then ``config_id``, ``template``, ``finish_reason`` and the reference's ``reference_logprob``."""
+        shown = self.message if isinstance(self.message, str) else (
+            next((m.get("content", "") for m in reversed(list(self.message or [])) if m.get("role") == "user"), ""))
+        scored = {r["variant"]: r.get("mean_logprob") for r in self.rows}
+        records = []
+        for name, config in self.variants.items():
+            preview = self.previews.get(name)
+            fin = preview.finished if preview is not None else None
+            u = fin.usage if fin is not None else None
+            record = {"model": config.model_name, "variant": name, "input": shown, "seed": config.params.seed,
+                      "output": fin.text if fin else (preview.text if preview else ""),
+                      "completion_tokens": u.completion_tokens if u else None, "ttft_s": u.ttft_s if u else None,
+                      "latency_s": u.total_s if u else None, "config_id": config.config_id,
+                      "template": config.template_name,
+                      "finish_reason": fin.finish_reason.value if fin else self.errors.get(name, "streaming")}
+            if isinstance(scored.get(name), float):
+                record["reference_logprob"] = scored[name]
+            records.append(record)
+        return records
+
+    def to_pandas(self) -> Any:
+        """:meth:`to_records` as a DataFrame (pandas: the ``notebook`` extra)."""
+        from .records import records_frame
+
+        return records_frame(self.to_records())
 
     def __repr__(self) -> str:
         state = "done" if self.rows else "streaming"

@@ -22,7 +22,7 @@ def derive_config(base: ServeConfig, spec: Any, tokenizer: Any) -> ServeConfig:
     if isinstance(spec, ServeConfig):
         return spec
     if isinstance(spec, SamplingParams):
-        return ServeConfig(base.model_name, base.template, spec)
+        return ServeConfig(base.model_name, base.template, spec, model_ref=base.model_ref)
     if not isinstance(spec, dict):
         spec = {"template": spec}
     spec = {k: v for k, v in spec.items() if v is not UNSET}

@@ -158,3 +158,23 @@ def test_04_token_probabilities():
     assert set(values) == {"model's", "chatml", "vicuna", "alpaca"}
     assert all(float(v) < 0 for v in values.values()) and len(set(values.values())) > 1  # formats differ
     assert re.search(r"Paris:-?\d\.\d\d", _text(_cell(nb, "csl.score(lab.model")))
+
+
+def test_06_prompt_experiments():
+    nb = _run("06_prompt_experiments.ipynb")
+    assert "application/vnd.jupyter.widget-view+json" in _mimes(_cell(nb, "result = lab.grid(inputs"))
+    free = _text(_cell(nb, "kernel answered in"))
+    m = re.search(r"kernel answered in ([\d.]+) ms while the grid ran: (\d+)/36 rows finished, done=(\w+)", free)
+    assert m and m.group(3) == "False" and int(m.group(2)) < 36  # the kernel ran a cell mid-grid
+    summary = _text(_cell(nb, "result.wait()"))
+    assert "<GridResult done: 36 rows (36 done" in summary
+    assert "names_the_city" in summary and "reference_logprob" in summary and "McNemar" in summary
+    compared = _text(_cell(nb, 'result.compare("chatml", "vicuna")'))
+    assert compared.count("<Comparison") == 2 and "nats/token" in compared
+    assert "image/png" in _mimes(_cell(nb, 'result.compare("chatml", "vicuna")'))  # the plot
+    rerun = _text(_cell(nb, "again = lab.grid("))
+    assert "re-run: 36 of 36 rows re-used, 0 generated" in rerun
+    assert "application/vnd.jupyter.widget-view+json" in _mimes(_cell(nb, "result.show("))
+    served = _text(_cell(nb, "lab.configure(result.config(best))"))
+    assert re.search(r"served config (\w+) == grid config \1: True", served)
+    assert "Paris" in served and "winner.json" in served

@@ -6,7 +6,7 @@ from chatstream_lab import cli
 def test_serve_parser_defaults_and_options():
     args = cli.build_parser().parse_args(["serve"])
     assert (args.model, args.host, args.port, args.num_of_concurrent_executions, args.max_queue_size,
-            args.max_new_tokens, args.token) == (None, "127.0.0.1", 8000, 2, 5, 256, None)
+            args.max_new_tokens, args.token) == (None, "127.0.0.1", 8000, 2, 5, None, None)  # None: 256, or --config's
     args = cli.build_parser().parse_args(
         ["serve", "--model", "m.gguf", "--template", "chatml", "--port", "0", "--num-of-concurrent-executions",
          "4", "--max-queue-size", "0", "--max-new-tokens", "32", "--token", "t"])
@@ -129,3 +129,47 @@ def test_console_chat_on_the_default_backend_answers_paris(openvino_model):
                           stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "The capital of France is Paris." in proc.stdout  # the bundled model's greedy default
+
+
+@pytest.mark.real_model
+def test_serve_config_serves_the_notebooks_configuration_with_its_config_id(real_model, tmp_path):
+    """A configuration saved in a notebook (``lab.config.save``) served by the real CLI: the printed
+    line and ``/stats`` report the notebook's ``config_id``, and the reply is that configuration's."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from chatstream_lab import Lab
+
+    lab = Lab(real_model, "chatml", system_prompt="You are a geography tutor. Answer in one sentence.",
+              temperature=0, max_new_tokens=24)
+    expected = lab.generate("What is the capital of France?", timeout=120)
+    path = lab.config.save(tmp_path / "tutor.toml")
+    lab.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "chatstream_lab.cli", "serve", "--config", str(path), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"at (http://\S+)\s+config_id (\w+)", line)
+        assert match, line + (proc.stderr.read() if proc.poll() is not None else "")
+        base, printed = match.group(1).rstrip("/"), match.group(2)
+        assert printed == lab.config.config_id
+        with httpx.Client(base_url=base, timeout=120) as client:
+            stats = client.get("/stats").json()
+            assert stats["config_id"] == lab.config.config_id
+            r = client.post("/v1/chat/completions", json={
+                "messages": [{"role": "user", "content": "What is the capital of France?"}]})
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
