@@ -1,29 +1,28 @@
 """What a grid may ask of a model's engine: token log-probabilities and scoring.
 
-The one place that decides it, so the switch to the generator's declared capabilities (a
-``Capabilities`` value on the request-level protocol, being added in branch ``core``) is one
-edit here. Until then it reads :attr:`Backend.reports_logprobs <chatstream_lab.models.Backend>`:
-only our own sampler on torch (and the scripted stand-in) sees the model's logits.
+The one place the grid asks, answered by the engine's declared
+:class:`~chatstream_lab.engine.Capabilities` (known without building the engine), never guessed
+from the backend's name.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..engine.factory import backend_name, capabilities_of
+
 
 def reports_logprobs(model: Any) -> bool:
     """True when requests to ``model`` may ask for token log-probabilities."""
-    backend = getattr(model, "backend", None)
-    return bool(getattr(backend, "reports_logprobs", False))
+    return capabilities_of(model).logprobs
 
 
 def why_not_scored(model: Any) -> str | None:
     """None when ``model``'s engine can score a reference reply; else the reason, for the cell."""
-    if reports_logprobs(model):
+    if capabilities_of(model).scoring:
         return None
-    backend = str(getattr(model, "backend", "?"))
-    return (f"not scored: the {backend} engine reports no log-probabilities "
-            "(load the model with backend='torch' to score references)")
+    return (f"not scored: the {backend_name(model)} engine reports no log-probabilities "
+            "(load the model with backend='torch' to score references, or pass scorer=)")
 
 
 __all__ = ["reports_logprobs", "why_not_scored"]
