@@ -172,9 +172,12 @@ def test_completions_echo_scores_the_prompt_like_a_direct_forward(real_url, real
     assert comp.choices[0].text == text and len(lp.tokens) == len(ids) and "".join(lp.tokens) == text
     assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
     ref = _reference(real_model, ids, 1)
+    pieces = DetokenizerFactory(real_model.tokenizer).pieces()
     for j in range(1, len(ids)):
         assert abs(lp.token_logprobs[j] - float(ref[j - 1, ids[j]])) < TOL
-        assert len(lp.top_logprobs[j]) <= 3
+        top = lp.top_logprobs[j]  # the 3 likeliest, plus the prompt's own token if not among them
+        likeliest = {pieces(int(i))[0] for i in ref[j - 1].topk(3).indices}
+        assert set(top) == likeliest | {lp.tokens[j]} and top[lp.tokens[j]] == lp.token_logprobs[j]
     assert lp.text_offset == [len("".join(lp.tokens[:j])) for j in range(len(ids))]
     more = client.completions.create(model="m", prompt=text, max_tokens=4, echo=True, logprobs=1, temperature=0)
     assert more.choices[0].text.startswith(text) and len(more.choices[0].logprobs.tokens) == len(ids) + 4
