@@ -126,3 +126,22 @@ def test_a_batch_answers_what_single_requests_answer(real_model):
     assert sum(bool(c["text"]) for c in batch["choices"]) >= 2
     assert batch["usage"]["completion_tokens"] == sum(s["usage"]["completion_tokens"] for s in singles)
     assert batch["usage"]["prompt_tokens"] == sum(len(i) for i in ids)
+
+
+@pytest.mark.real_model
+@pytest.mark.timeout(300)
+def test_openvino_refuses_the_harness_scoring_request_by_name_and_serves_its_generation_batches(openvino_model):
+    """OpenVINO reports no logprobs: the harness's loglikelihood request (batched, echo, logprobs)
+    is a 400 naming ``logprobs`` and the fix, before anything runs; a batch without logprobs (a
+    generation task) is served, one choice per prompt."""
+    cs = ChatStream(model=openvino_model, temperature=0.0, max_new_tokens=8, num_of_concurrent_executions=4)
+    ids = [list(openvino_model.tokenizer.encode(p)) for p in ("The capital of Italy is", "Bees make")]
+    with serving(create_app(cs, close_on_shutdown=True)) as url:
+        for body in ({"max_tokens": 1, "echo": True}, {"max_tokens": 0, "echo": True}, {"max_tokens": 4}):
+            r = _complete(url, prompt=ids, logprobs=1, temperature=0, **body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs", r.text
+            assert "backend='torch'" in r.json()["error"]["message"]
+        assert stats(url)["running"] == 0 and stats(url)["queued"] == 0
+        r = _complete(url, prompt=ids, max_tokens=8, temperature=0, stop=["\n"])
+        assert r.status_code == 200 and [c["index"] for c in r.json()["choices"]] == [0, 1]
+        assert all(c["text"] for c in r.json()["choices"]) and r.json()["usage"]["prompt_tokens"] == sum(map(len, ids))
