@@ -68,9 +68,20 @@ def _ids_of(item: str | list[int], tokenizer: Any, name: str) -> list[int]:
         ids = [int(i) for i in tokenizer.encode(item)]
     else:
         ids = [int(i) for i in item]
+        _check_vocabulary(ids, tokenizer, name)
     if not ids:
         raise BadRequest(f"{name} is empty", param="prompt")
     return ids
+
+
+def _check_vocabulary(ids: list[int], tokenizer: Any, name: str) -> None:
+    """Given ids must be the model's tokens (another model's ids would fail inside the forward)."""
+    size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
+    bad = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
+    if bad is not None:
+        vocabulary = f"0..{size - 1}" if size is not None else "non-negative ids"
+        raise BadRequest(f"{name} holds token id {bad}, outside the model's vocabulary ({vocabulary}): "
+                         "send ids of this model's tokenizer, or text", param="prompt")
 
 
 def _check_batch_fits(service: Service, size: int) -> None:
