@@ -38,7 +38,7 @@ from .openai_requests import CompletionRequest, failure_response, to_params, usa
 from .streaming import EventStreamResponse, collect_finals
 
 if TYPE_CHECKING:
-    from ..engine.stream import RequestStream
+    from ..engine.core.stream import RequestStream
     from ..service import Service
 
 Wire = dict[str, Any]
@@ -110,7 +110,7 @@ async def _echo(service: Service, ids: list[int], params: SamplingParams, logpro
     text = tokenizer.decode(ids) if tokenizer is not None else ""
     if params.logprobs is None:
         return _Echo(text, None)
-    from ..engine.detokenize import DetokenizerFactory
+    from ..engine.core.detokenize import DetokenizerFactory
 
     if tokenizer is None:
         raise InvalidParameter("echo with logprobs needs the model's tokenizer", name="echo")

@@ -169,7 +169,7 @@ def failure_response(service: Service, fin: Finished | None) -> JSONResponse | N
     if fin is None or fin.finish_reason is FinishReason.CANCELLED:
         return JSONResponse(error_body("the request was cancelled", "cancelled"), status_code=499)
     if fin.finish_reason is FinishReason.ERROR:  # a remote engine's failure is a bad gateway
-        remote = getattr(service.model, "backend", "torch") == "remote"
+        remote = service.capabilities.remote
         return JSONResponse(error_body(public_generation_error(fin),
                                        "upstream_error" if remote else "generation_error"),
                             status_code=502 if remote else 500)

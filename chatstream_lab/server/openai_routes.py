@@ -94,7 +94,7 @@ def make_router(service: Service) -> APIRouter:
         model = service.model
         return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
                                             "owned_by": "chatstream_lab",
-                                            "backend": str(getattr(model, "backend", "torch")),
+                                            "backend": service.backend,
                                             "config_id": service.config_id}]}
 
     @router.post("/v1/completions", response_model=None)
