@@ -5,6 +5,10 @@
 tooltip on hover. :class:`TokenPanel` is the widget part a preview or a chat adds: a toggle for the
 colours, a token picker and one button per alternative; clicking one calls ``on_branch(i, token_id)``
 (the view regenerates from there with that token forced, the earlier tokens kept).
+
+The stop token that ended a reply (``TokenLogprob.ends_reply``) is not part of the reply's text:
+it shows as a muted end marker with its probability (how sure the model was to stop), and
+branching there continues the reply instead of stopping.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ _CSS = ("<style>.csl-tok{position:relative;border-radius:2px}"
         ".csl-tok .csl-alts{display:none;position:absolute;left:0;top:1.4em;z-index:10;background:#fff;"
         "border:1px solid #bbb;border-radius:4px;padding:2px 6px;white-space:pre;font-size:85%;"
         "box-shadow:0 1px 4px rgba(0,0,0,.2);color:#222}"
-        ".csl-tok:hover .csl-alts{display:block}</style>")
+        ".csl-tok:hover .csl-alts{display:block}"
+        ".csl-end{color:#777;border:1px dashed #aaa;font-size:80%;padding:0 3px;margin-left:3px;"
+        "white-space:nowrap}</style>")
 
 Branch = Callable[[int, int], object]
 
@@ -38,13 +44,24 @@ def alternative_label(alt: TopLogprob | TokenLogprob) -> str:
     return f"'{visible(alt.text)}' {100 * math.exp(alt.logprob):.1f}%"
 
 
+def end_label(t: TokenLogprob) -> str:
+    """``end of reply 93%``: the stop token, as the chance that the model stopped there."""
+    return f"end of reply {100 * math.exp(t.logprob):.0f}%"
+
+
 def _token_span(i: int, t: TokenLogprob, colour: bool) -> str:
+    if t.ends_reply and not colour:
+        return ""  # the stop token's piece is not part of the reply's text
     alts = " | ".join(alternative_label(a) for a in t.top)
-    title = f"{alternative_label(t)}" + (f" — top: {alts}" if alts else "")
+    head = f"{end_label(t)} ({alternative_label(t)})" if t.ends_reply else alternative_label(t)
+    title = head + (f" — top: {alts}" if alts else "")
     text = escape(t.text.replace("\n", "↵\n") if colour else t.text)
     if not colour:
         return text
     rows = "".join(f"<div class='csl-alt'>{escape(alternative_label(a))}</div>" for a in t.top)
+    if t.ends_reply:
+        return (f"<span class='csl-tok csl-end' data-i='{i}' title='{escape(title, quote=True)}'>"
+                f"■ end {100 * math.exp(t.logprob):.0f}%<span class='csl-alts'>{rows}</span></span>")
     return (f"<span class='csl-tok' data-i='{i}' title='{escape(title, quote=True)}' "
             f"style='background:{prob_colour(t.logprob)}'>{text}"
             f"<span class='csl-alts'>{rows}</span></span>")
@@ -87,7 +104,8 @@ class TokenPanel(widgets.VBox):
         ready = done and bool(self.tokens) and self._on_branch is not None
         self.branch_row.layout.display = "flex" if ready else "none"
         if ready:
-            options = [(f"{i}: '{visible(t.text)}' {100 * math.exp(t.logprob):.0f}%", i)
+            options = [(f"{i}: {end_label(t)}" if t.ends_reply else
+                        f"{i}: '{visible(t.text)}' {100 * math.exp(t.logprob):.0f}%", i)
                        for i, t in enumerate(self.tokens)]
             least = min(range(len(self.tokens)), key=lambda i: self.tokens[i].logprob)
             self.picker.options = options
@@ -104,8 +122,10 @@ class TokenPanel(widgets.VBox):
         for alt in at.top:
             if alt.token_id == at.token_id:
                 continue
+            tip = (f"continue with token {alt.token_id} instead of stopping" if at.ends_reply
+                   else f"continue from here with token {alt.token_id}")
             b = widgets.Button(description=alternative_label(alt), layout=widgets.Layout(width="auto"),
-                               tooltip=f"continue from here with token {alt.token_id}")
+                               tooltip=tip)
             b.on_click(lambda _b, pos=i, tid=alt.token_id: self.branch(pos, tid))
             buttons.append(b)
         self.buttons.children = tuple(buttons)

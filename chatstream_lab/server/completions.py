@@ -17,10 +17,11 @@ scores. Which alternatives ``top_logprobs`` holds: :mod:`.logprobs_wire`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from fastapi import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config import SamplingParams
+from ..engine.core.validation import check_prompt, tokenizer_vocab_size
 from ..errors import InvalidParameter
 from ..prompts import EncodedPrompt
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent, TokenLogprob
@@ -68,20 +70,21 @@ def _ids_of(item: str | list[int], tokenizer: Any, name: str) -> list[int]:
         ids = [int(i) for i in tokenizer.encode(item)]
     else:
         ids = [int(i) for i in item]
-        _check_vocabulary(ids, tokenizer, name)
     if not ids:
         raise BadRequest(f"{name} is empty", param="prompt")
     return ids
 
 
-def _check_vocabulary(ids: list[int], tokenizer: Any, name: str) -> None:
-    """Given ids must be the model's tokens (another model's ids would fail inside the forward)."""
-    size = len(tokenizer) if tokenizer is not None and hasattr(tokenizer, "__len__") else None
-    bad = next((i for i in ids if i < 0 or (size is not None and i >= size)), None)
-    if bad is not None:
-        vocabulary = f"0..{size - 1}" if size is not None else "non-negative ids"
-        raise BadRequest(f"{name} holds token id {bad}, outside the model's vocabulary ({vocabulary}): "
-                         "send ids of this model's tokenizer, or text", param="prompt")
+@contextlib.contextmanager
+def _naming_prompt(index: int, batch_size: int) -> Iterator[None]:
+    """The engine checks each prompt (ids in the vocabulary, the window) before anything is queued;
+    in a batch, its 400 also says which prompt it was."""
+    try:
+        yield
+    except InvalidParameter as exc:
+        if batch_size == 1 or exc.name != "prompt":
+            raise
+        raise InvalidParameter(f"prompt[{index}]: {exc}", name=exc.name) from exc
 
 
 def _check_batch_fits(service: Service, size: int) -> None:
@@ -105,8 +108,14 @@ class _Echo:
     wire: Wire | None
 
 
-async def _echo(service: Service, ids: list[int], params: SamplingParams, logprobs: CompletionLogprobs) -> _Echo:
+async def _echo(service: Service, ids: list[int], params: SamplingParams, logprobs: CompletionLogprobs, *,
+                index: int = 0, batch_size: int = 1) -> _Echo:
+    """The prompt echoed: its text, decoded by the local tokenizer (so its ids are checked against
+    that tokenizer first, with the engine's own check: a scoring-only request queues nothing that
+    would), and, when asked, its logprobs, scored by the engine."""
     tokenizer = service.model.tokenizer
+    with _naming_prompt(index, batch_size):
+        check_prompt(ids, window=0, vocab_size=tokenizer_vocab_size(tokenizer))
     text = tokenizer.decode(ids) if tokenizer is not None else ""
     if params.logprobs is None:
         return _Echo(text, None)
@@ -117,7 +126,9 @@ async def _echo(service: Service, ids: list[int], params: SamplingParams, logpro
     first_text, first_raw = DetokenizerFactory(tokenizer).pieces()(ids[0])
     scored: tuple[TokenLogprob, ...] = ()
     if len(ids) > 1:
-        scored = await asyncio.wrap_future(service.generator.start().score(ids, 1, top=params.logprobs))
+        with _naming_prompt(index, batch_size):
+            job = service.generator.start().score(ids, 1, top=params.logprobs)
+        scored = await asyncio.wrap_future(job)
     return _Echo(text, logprobs.chunk([None, *scored], texts=[first_text], raws=[first_raw]))
 
 
@@ -130,8 +141,9 @@ def _submit_all(service: Service, batch: list[list[int]], params: SamplingParams
     (queued ones never run), so a refused batch leaves nothing behind."""
     streams: list[RequestStream] = []
     try:
-        for ids in batch:
-            streams.append(service.submit_encoded(EncodedPrompt(tuple(ids)), params))
+        for i, ids in enumerate(batch):
+            with _naming_prompt(i, len(batch)):
+                streams.append(service.submit_encoded(EncodedPrompt(tuple(ids)), params))
     except BaseException:
         for stream in streams:
             stream.cancel()
@@ -155,7 +167,8 @@ async def completion(service: Service, req: CompletionRequest, request: Request)
     accumulators = [CompletionLogprobs() for _ in batch]
     streams = [] if score_only else _submit_all(service, batch, params)
     try:
-        echoes = await asyncio.gather(*(_echo(service, ids, params, acc) for ids, acc in zip(batch, accumulators))) \
+        echoes = await asyncio.gather(*(_echo(service, ids, params, acc, index=i, batch_size=len(batch))
+                                        for i, (ids, acc) in enumerate(zip(batch, accumulators)))) \
             if req.echo else None
     except BaseException:
         for stream in streams:

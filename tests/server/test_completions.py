@@ -74,8 +74,13 @@ def test_a_batch_with_echo_and_logprobs_holds_each_prompts_arrays(url):
     ({"prompt": ["a", ""]}, "prompt", "prompt[1] is empty"),
     ({"prompt": [[1, 2], []]}, "prompt", "prompt[1] is empty"),
     ({"prompt": ["a", "b"], "stream": True}, "stream", "stream takes one prompt"),
-    ({"prompt": [[1, 2], [3, 99999]]}, "prompt", "prompt[1] holds token id 99999, outside the model's vocabulary"),
-    ({"prompt": [5, -1]}, "prompt", "the prompt holds token id -1"),
+    ({"prompt": [[1, 2], [3, 99999]]}, "prompt",
+     "prompt[1]: prompt token id 99999 at position 1 is outside the model's vocabulary (ids 0..258)"),
+    ({"prompt": [[1, 2], [3, 99999]], "max_tokens": 0, "echo": True, "logprobs": 1}, "prompt",
+     "prompt[1]: prompt token id 99999 at position 1"),  # scoring only: the engine's check too
+    ({"prompt": [5, 99999], "max_tokens": 0, "echo": True}, "prompt",
+     "prompt token id 99999 at position 1"),  # echo without logprobs: nothing reaches the engine
+    ({"prompt": [5, -1]}, "prompt", "prompt token id -1 at position 1 is outside the model's vocabulary"),
     ({"prompt": ["p"] * 7}, "prompt", "a batch of 7 prompts needs 7 places at once; this server has 6 "
                                       "(num_of_concurrent_executions=2 + max_queue_size=4)"),
 ])

@@ -16,6 +16,7 @@ from chatstream_lab.engine.core.detokenize import DetokenizerFactory
 from chatstream_lab.models import scripted_model
 from chatstream_lab.prompts import encode_messages, resolve_template
 from chatstream_lab.server import ChatStream, create_app
+from chatstream_lab.server.framing import parse_seed_records
 
 from .conftest import serving, sse_events
 
@@ -42,8 +43,8 @@ def test_chat_logprobs_shape_and_off_by_default(url):
     off = _chat(url).json()["choices"][0]
     assert off["logprobs"] is None and off["message"]["content"] == "Hello world"
     on = _chat(url, logprobs=True, top_logprobs=3).json()["choices"][0]["logprobs"]
-    content = on["content"]
-    assert "".join(c["token"] for c in content) == "Hello world"
+    content = on["content"]  # every generated token, the EOS that ended the reply last
+    assert "".join(c["token"] for c in content[:-1]) == "Hello world" and content[-1]["token"] == "<|im_end|>"
     for c in content:
         assert set(c) == {"token", "logprob", "bytes", "top_logprobs"}
         assert bytes(c["bytes"]).decode() == c["token"]
@@ -88,10 +89,16 @@ def test_sse_deltas_carry_logprobs_when_asked(url):
         assert all("logprobs" not in data for ev, data in sse_events(plain.text) if ev == "delta")
         assert client.post("/set_generation_params", json={"logprobs": 2}).status_code == 200
         r = client.post("/chat_stream", json={"user_input": "again"}, headers={"Accept": "text/event-stream"})
-        deltas = [data for ev, data in sse_events(r.text) if ev == "delta"]
+        events = sse_events(r.text)
+        deltas = [data for ev, data in events if ev == "delta"]
         lps = [lp for d in deltas for lp in d["logprobs"]]
-        assert "".join(lp["token"] for lp in lps) == "Hello world"
+        assert "".join(lp["token"] for lp in lps) == "Hello world<|im_end|>"
         assert all(len(lp["top_logprobs"]) == 2 and "token_id" in lp for lp in lps)
+        # the stop token comes in a last delta with no text: the reply's text is unchanged
+        assert deltas[-1]["text"] == "" and [lp["token_id"] for lp in deltas[-1]["logprobs"]] == [258]
+        assert "".join(d["text"] for d in deltas) == "Hello world" == events[-1][1]["text"]
+        seed = client.post("/chat_stream", json={"user_input": "seed framing"})  # text/plain records
+        assert parse_seed_records(seed.text)[-2:] == ["Hello world", "Hello world"]
         bad = client.post("/set_generation_params", json={"logprobs": 99})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "logprobs"
 
@@ -103,7 +110,8 @@ def test_openai_sdk_parses_chat_and_completions_logprobs(url):
     full = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
                                           logprobs=True, top_logprobs=2)
     content = full.choices[0].logprobs.content
-    assert "".join(t.token for t in content) == "Hello world" and len(content[0].top_logprobs) == 2
+    assert "".join(t.token for t in content) == "Hello world<|im_end|>" and len(content[0].top_logprobs) == 2
+    assert full.choices[0].message.content == "Hello world" and full.usage.completion_tokens == len(content)
     chunks = list(client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
                                                  logprobs=True, top_logprobs=2, stream=True))
     streamed = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content]
