@@ -1,8 +1,8 @@
 # One command sets up and runs the demo, one sets up and runs every check.
 #   make demo   -> virtualenv + CPU torch + OpenVINO + bundled model (exported to OpenVINO once, cached),
 #                  then serve the default model on 127.0.0.1:8000
-#   make test   -> the same setup + chromium + llama-server + vLLM's CPU build (each once, cached),
-#                  then ruff, mypy
+#   make test   -> the same setup + chromium + llama-server + vLLM's CPU build + lm-evaluation-harness
+#                  (each once, cached), then ruff, mypy
 #                  and the whole pytest suite
 PY ?= python3
 VENV ?= .venv
@@ -11,7 +11,7 @@ TORCH_VERSION ?= 2.13.0
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm openvino openvino-fp32 screenshots
+.PHONY: setup demo chat test lint typecheck check bench clean browser llama-server vllm lm-eval openvino openvino-fp32 screenshots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -54,6 +54,11 @@ llama-server: setup
 vllm:
 	bash scripts/setup_vllm_cpu.sh >/dev/null
 
+# EleutherAI's lm-evaluation-harness (lm_eval[api] + a tokenizer, no torch) in its own virtualenv (~3 min and
+# 0.9 GB once; cached), for tests/server/test_lm_eval.py and for evaluating a served Lab (README).
+lm-eval:
+	bash scripts/setup_lm_eval.sh >/dev/null
+
 lint: setup
 	$(BIN)/ruff check chatstream_lab tests benchmarks notebooks
 
@@ -62,7 +67,7 @@ typecheck: setup
 	$(BIN)/mypy
 	$(BIN)/mypy --strict --follow-imports=silent chatstream_lab/engine chatstream_lab/server chatstream_lab/service.py
 
-test: setup browser lint typecheck openvino openvino-fp32 llama-server vllm
+test: setup browser lint typecheck openvino openvino-fp32 llama-server vllm lm-eval
 	$(BIN)/python -m pytest -q
 
 bench: setup

@@ -53,7 +53,9 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--num-of-concurrent-executions", type=_positive_int, default=2,
                    help="requests generating at once (default 2)")
     p.add_argument("--max-queue-size", type=_non_negative_int, default=5,
-                   help="requests that may wait; more get HTTP 429 (default 5)")
+                   help="requests that may wait; more get HTTP 429 (default 5, for a demo). Each prompt of a "
+                        "batched /v1/completions request takes a place: for lm-evaluation-harness serve with "
+                        "this + --num-of-concurrent-executions >= num_concurrent x batch_size (README)")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, help="reply length cap (default 256)")
     p.add_argument("--config", default=None, metavar="PATH",
                    help="serve a configuration saved from a notebook (lab.config.save(PATH), .json or .toml): "

@@ -67,16 +67,29 @@ class AdmissionError(ChatStreamLabError):
 
 
 class QueueFull(AdmissionError):
-    """Every slot is busy and ``max_queue_size`` requests are already waiting."""
+    """Every slot is busy and ``max_queue_size`` requests are already waiting.
 
-    def __init__(self, *, running: int, waiting: int, max_queue_size: int) -> None:
-        super().__init__(
-            f"server busy: {running} running, {waiting} waiting (max_queue_size={max_queue_size}); "
-            "retry shortly"
-        )
+    The gate counts a request it has not yet handed to the engine as waiting, even when a slot is
+    free for it (the engine admits at its next step): so a refusal can see "1 running, 6 waiting"
+    with 2 slots and a queue of 5. The message splits those into what takes a slot (running, or
+    starting in a free one) and what queues, so its numbers add up to the limits it names.
+    """
+
+    def __init__(self, *, running: int, waiting: int, limit: int, max_queue_size: int) -> None:
         self.running = running
         self.waiting = waiting
+        self.limit = limit
         self.max_queue_size = max_queue_size
+        self.starting = max(0, min(waiting, limit - running))  # bound for a free slot, not queued
+        self.queued = waiting - self.starting
+        slots = f"{running + self.starting} of {limit} slots busy"
+        if self.starting:
+            slots += f" ({running} running, {self.starting} starting)"
+        super().__init__(
+            f"server busy: {slots} and {self.queued} of {max_queue_size} queue places taken "
+            f"(num_of_concurrent_executions={limit}, max_queue_size={max_queue_size}); retry shortly, "
+            "or serve with a larger max_queue_size for bulk clients such as an evaluation harness"
+        )
 
 
 class SessionError(ChatStreamLabError):

@@ -102,6 +102,10 @@ class TokenLogprob:
     the same token has the same logprob whatever the sampling settings. ``top`` is sorted, most
     likely first, and holds ``SamplingParams.logprobs`` entries (it may or may not contain the
     chosen token; greedy decoding without a repetition penalty always picks ``top[0]``).
+
+    ``ends_reply`` marks the stop token that ended a reply (EOS, or a stop string that is a special
+    token): it is reported, with its logprob (how sure the model was to stop), as every other
+    generated token, but its text is not part of the reply.
     """
 
     token_id: int
@@ -109,6 +113,7 @@ class TokenLogprob:
     logprob: float
     top: tuple[TopLogprob, ...] = ()
     raw: bytes = b""
+    ends_reply: bool = False
 
     @property
     def prob(self) -> float:
@@ -117,11 +122,16 @@ class TokenLogprob:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """New text. ``text`` is never a broken UTF-8 character; it may be ``""`` while one is pending.
+    """New text and the tokens that made it. ``text`` is never a broken UTF-8 character; it may be
+    ``""`` while one is pending, and is ``""`` in the last Delta of a reply that a stop token
+    ended: that Delta carries only the stop token (its id, and its logprob when asked), so
+    ``token_ids`` and ``logprobs`` hold every generated token, as ``Usage.completion_tokens``
+    counts them. The reply's text is the join of the ``text`` fields (``Finished.text``), not of
+    the tokens' pieces.
 
     ``logprobs`` holds one :class:`TokenLogprob` per id in ``token_ids`` when the request asked for
     them (``SamplingParams(logprobs=K)``), else ``()``. A token that belongs to a stop string is
-    reported here although its text is held back.
+    reported here although its text is held back; the stop token's entry has ``ends_reply``.
     """
 
     request_id: RequestId

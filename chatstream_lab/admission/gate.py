@@ -5,7 +5,9 @@ kernel loop). Output: the ids the engine thread may run now. The gate is a pure 
 behind one lock; it knows nothing about HTTP, asyncio or the model.
 
 Invariants:
-* ``running <= limit`` and ``waiting <= max_queue_size`` at all times.
+* ``running <= limit`` and ``running + waiting <= limit + max_queue_size`` at all times. An id
+  waits until the engine admits it at its next step, even when a slot is free for it, so
+  ``waiting`` alone may exceed ``max_queue_size`` by the free slots (:class:`QueueFull` says so).
 * a refusal (:class:`~chatstream_lab.errors.QueueFull`) happens in :meth:`enqueue`, before any
   stream starts, so the HTTP layer can answer 429.
 * every admitted id is released exactly once (:meth:`release` is idempotent).
@@ -67,7 +69,7 @@ class AdmissionGate(Generic[P]):
             if len(self._running) + len(self._waiting) >= self.limit + self.max_queue_size:
                 self._rejected_total += 1
                 raise QueueFull(running=len(self._running), waiting=len(self._waiting),
-                                max_queue_size=self.max_queue_size)
+                                limit=self.limit, max_queue_size=self.max_queue_size)
             self._waiting[request_id] = payload
             return len(self._waiting)
 

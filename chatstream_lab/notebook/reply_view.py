@@ -105,6 +105,8 @@ _CSS = """
 .csl-replyview .csl-tok { border-radius: 2px; }
 .csl-replyview .csl-clickable .csl-tok { cursor: pointer; }
 .csl-replyview .csl-tok.csl-selected { outline: 2px solid #3b6fd8; outline-offset: 0; }
+.csl-replyview .csl-end { color: #777; border: 1px dashed #aaa; font-size: 80%; padding: 0 3px;
+  margin-left: 3px; white-space: nowrap; }
 .csl-clip > .widget-html-content { min-width: 0; overflow: hidden; }
 .csl-pop { position: fixed; z-index: 100000; max-width: 24em; padding: 3px 8px; border-radius: 4px;
   background: var(--jp-layout-color0, #fff); color: var(--jp-ui-font-color0, #222);

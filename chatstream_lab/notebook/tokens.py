@@ -7,6 +7,10 @@ hover (no ``title`` tooltip repeating it) and reports a click on a token. :class
 widget part a preview or a chat adds: a compact *probabilities* checkbox, a "branch at" picker (a
 clicked token selects itself there) and one button per alternative; clicking one calls
 ``on_branch(i, token_id)``.
+
+The stop token that ended a reply (``TokenLogprob.ends_reply``) is not part of the reply's text:
+it shows as a muted end marker with its probability (how sure the model was to stop), and
+branching there continues the reply instead of stopping.
 """
 
 from __future__ import annotations
@@ -34,15 +38,24 @@ def alternative_label(alt: TopLogprob | TokenLogprob) -> str:
     return f"'{visible(alt.text)}' {100 * math.exp(alt.logprob):.1f}%"
 
 
+def end_label(t: TokenLogprob) -> str:
+    """``end of reply 93%``: the stop token, as the chance that the model stopped there."""
+    return f"end of reply {100 * math.exp(t.logprob):.0f}%"
+
+
 def _alternatives(i: int, t: TokenLogprob) -> str:
     """The popup's content: the token (its position), then the alternatives, the chosen one ticked."""
     rows = "".join(f"<div class='csl-alt'>{'✓ ' if a.token_id == t.token_id else '  '}"
                    f"{escape(alternative_label(a))}</div>" for a in t.top)
+    head = f"{end_label(t)} ({alternative_label(t)})" if t.ends_reply else alternative_label(t)
     return (f"<span class='csl-alts' style='display:none'><div class='csl-alt-head'>token {i}: "
-            f"{escape(alternative_label(t))}</div>{rows}</span>")
+            f"{escape(head)}</div>{rows}</span>")
 
 
 def _token_span(i: int, t: TokenLogprob) -> str:
+    if t.ends_reply:  # muted, uncoloured: its piece is not reply text
+        return (f"<span class='csl-tok csl-end' data-i='{i}'>■ end {100 * math.exp(t.logprob):.0f}%"
+                f"{_alternatives(i, t)}</span>")
     text = escape(t.text.replace("\n", "↵\n"))
     return (f"<span class='csl-tok' data-i='{i}' style='background:{prob_colour(t.logprob)}'>{text}"
             f"{_alternatives(i, t)}</span>")
@@ -59,6 +72,8 @@ def forced(alt: TopLogprob, at: TokenLogprob) -> TokenLogprob:
 
 
 def token_option(i: int, t: TokenLogprob) -> str:
+    if t.ends_reply:
+        return f"{i}: {end_label(t)}"
     return f"{i}: '{visible(t.text)}' {100 * math.exp(t.logprob):.0f}%"
 
 
@@ -131,8 +146,10 @@ class TokenPanel(widgets.VBox):
         for alt in at.top:
             if alt.token_id == at.token_id:
                 continue
+            tip = (f"continue with token {alt.token_id} instead of stopping" if at.ends_reply
+                   else f"continue from here with token {alt.token_id}")
             b = widgets.Button(description=alternative_label(alt), layout=widgets.Layout(width="auto"),
-                               tooltip=f"continue from here with token {alt.token_id}")
+                               tooltip=tip)
             b.on_click(lambda _b, pos=i, tid=alt.token_id: self.branch(pos, tid))
             buttons.append(b)
         self.buttons.children = tuple(buttons)

@@ -5,7 +5,16 @@
 * completions: ``choices[].logprobs = {tokens, token_logprobs, top_logprobs (a dict per token),
   text_offset}``; with ``echo`` the prompt's tokens come first, the very first with ``null``.
 
-The numbers are the engine's: the raw model distribution (:class:`~chatstream_lab.types.TokenLogprob`).
+Both hold one entry per generated token, the stop token that ended the reply included (its piece,
+``<|im_end|>``, is in ``tokens`` though not in the text), as ``usage.completion_tokens`` counts.
+
+Which alternatives: each API as OpenAI specifies it, and as vLLM serves both. Chat's
+``top_logprobs`` is exactly the ``top_logprobs`` most likely tokens (the chosen token is the entry
+itself). The completions dict is the ``logprobs`` most likely tokens **plus the chosen token when it
+is not among them** (OpenAI: "up to logprobs+1 elements"; vLLM does the same), since that dict is
+where a completions client looks the token up (``logprobs: 0`` gives just the chosen token). The
+numbers are the same in both: the engine's raw model distribution
+(:class:`~chatstream_lab.types.TokenLogprob`, whose ``top`` is the top K only).
 """
 
 from __future__ import annotations
@@ -35,6 +44,14 @@ def chat_content(lps: Sequence[TokenLogprob], *, with_ids: bool = False) -> list
     return out
 
 
+def completion_top(t: TokenLogprob) -> dict[str, float]:
+    """The completions ``top_logprobs`` dict of one token: its top K, plus itself if not among them."""
+    top = {a.text: a.logprob for a in t.top}
+    if all(a.token_id != t.token_id for a in t.top):
+        top.setdefault(t.text, t.logprob)
+    return top
+
+
 class CompletionLogprobs:
     """Accumulates the legacy completions ``logprobs`` object, with character ``text_offset``s.
 
@@ -59,6 +76,6 @@ class CompletionLogprobs:
             raw = t.raw if t is not None else raws[i]
             tokens.append(t.text if t is not None else texts[i])
             values.append(t.logprob if t is not None else None)
-            tops.append({a.text: a.logprob for a in t.top} if t is not None else None)
+            tops.append(completion_top(t) if t is not None else None)
             self._offset += len(self._utf8.decode(raw))
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}

@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from starlette.responses import Response
@@ -216,17 +216,33 @@ async def collect_final(stream: CancellableStream, receive: Receive,
     """Wait for the final event of a response that is not streamed, cancelling the generation
     if the client goes away meanwhile (same watcher as :class:`EventStreamResponse`);
     ``on_delta`` sees every delta on the way (to collect logprobs)."""
-    watcher = asyncio.ensure_future(watch_disconnect(receive, stream.cancel))
-    try:
+    see = None if on_delta is None else (lambda _i, delta: on_delta(delta))
+    return (await collect_finals([stream], receive, see))[0]
+
+
+async def collect_finals(streams: Sequence[CancellableStream], receive: Receive,
+                         on_delta: Callable[[int, Delta], object] | None = None) -> list[Finished | None]:
+    """:func:`collect_final` for several generations of one request (a batch of prompts): one
+    disconnect watcher cancels them all; ``on_delta(i, delta)`` names the stream by position."""
+
+    def cancel_all() -> None:
+        for stream in streams:
+            stream.cancel()
+
+    async def final_of(i: int, stream: CancellableStream) -> Finished | None:
         async for event in stream:
             if isinstance(event, Finished):
                 return event
             if on_delta is not None and isinstance(event, Delta):
-                on_delta(event)
+                on_delta(i, event)
         return None
+
+    watcher = asyncio.ensure_future(watch_disconnect(receive, cancel_all))
+    try:
+        return list(await asyncio.gather(*(final_of(i, s) for i, s in enumerate(streams))))
     finally:
         watcher.cancel()
-        stream.cancel()
+        cancel_all()
 
 
 class _Progress:

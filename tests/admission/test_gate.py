@@ -25,6 +25,26 @@ def test_capacity_is_limit_plus_queue_even_in_a_burst() -> None:
     assert gate.snapshot().rejected_total == 2
 
 
+def test_the_refusal_message_adds_up_to_the_limits_it_names() -> None:
+    """Issue 20's "1 running, 6 waiting (max_queue_size=5)": a slot was free, and the request
+    bound for it (not yet admitted by the engine) counted as waiting. The message splits it out."""
+    gate = AdmissionGate(2, 5)
+    gate.enqueue(rid(0))
+    assert gate.admit() == [rid(0)]
+    for i in range(1, 7):
+        gate.enqueue(rid(i))
+    with pytest.raises(QueueFull) as info:
+        gate.enqueue(rid(99))
+    exc = info.value
+    assert (exc.running, exc.waiting, exc.starting, exc.queued) == (1, 6, 1, 5)
+    assert "2 of 2 slots busy (1 running, 1 starting) and 5 of 5 queue places taken" in str(exc)
+    assert "num_of_concurrent_executions=2, max_queue_size=5" in str(exc)
+    assert gate.admit() == [rid(1)]
+    with pytest.raises(QueueFull) as info:
+        gate.enqueue(rid(100))
+    assert "2 of 2 slots busy and 5 of 5 queue places taken" in str(info.value)
+
+
 def test_fifo_release_and_idempotence() -> None:
     gate = AdmissionGate(1, 2)
     for i in range(3):

@@ -23,7 +23,7 @@ from chatstream_lab.errors import EngineUnavailable, InvalidParameter, ModelLoad
 from chatstream_lab.models import remote_model, scripted_model
 from chatstream_lab.prompts import encode_messages, resolve_template
 from chatstream_lab.service import Service
-from chatstream_lab.types import Delta, FinishReason, Queued, RequestId
+from chatstream_lab.types import Delta, FinishReason, Queued, RequestId, TokenLogprob
 
 GREEDY = SamplingParams(temperature=0, max_new_tokens=64)
 
@@ -60,14 +60,31 @@ def test_a_row_turns_ids_into_deltas_and_stops_at_a_stop_string_split_over_token
     assert row.finished.text == "Hello " and row.finished.usage.completion_tokens == len("Hello END")
 
 
-def test_a_stop_id_ends_the_row_and_its_token_is_not_reported() -> None:
+def test_a_stop_id_ends_the_row_and_is_reported_last_without_text() -> None:
+    """The stop token is a generated token like the others (its id, its logprob marked
+    ``ends_reply``), in a last Delta with no text: the arrays hold what completion_tokens counts."""
+    row, stream = _row()
+    eos = scripted_model().tokenizer.eos_token_id
+    for token in _tokens("Hi"):
+        row.take(token, TokenLogprob(token, chr(token), -0.1))
+    row.take(eos, TokenLogprob(eos, "<eos>", -0.7))
+    deltas = _deltas(stream)
+    assert [t for d in deltas for t in d.token_ids] == [*_tokens("Hi"), eos]
+    assert deltas[-1].text == "" and deltas[-1].token_ids == (eos,)
+    assert [(lp.logprob, lp.ends_reply) for d in deltas for lp in d.logprobs] == [(-0.1, False)] * 2 + [(-0.7, True)]
+    assert row.finished is not None and row.finished.finish_reason is FinishReason.STOP
+    assert row.finished.text == "Hi" == "".join(d.text for d in deltas)
+    assert row.finished.usage.completion_tokens == 3
+
+
+def test_a_stop_id_without_logprobs_is_reported_by_its_id() -> None:
     row, stream = _row()
     eos = scripted_model().tokenizer.eos_token_id
     for token in [*_tokens("Hi"), eos]:
         row.take(token)
     deltas = _deltas(stream)
-    assert [t for d in deltas for t in d.token_ids] == _tokens("Hi")
-    assert row.finished is not None and row.finished.finish_reason is FinishReason.STOP
+    assert deltas[-1].token_ids == (eos,) and deltas[-1].text == "" and deltas[-1].logprobs == ()
+    assert row.finished is not None and row.finished.text == "Hi"
 
 
 def test_max_new_tokens_gives_length_with_the_held_back_text_flushed() -> None:

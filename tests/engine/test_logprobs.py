@@ -17,7 +17,7 @@ from chatstream_lab.errors import InvalidParameter
 from chatstream_lab.models import remote_model
 from chatstream_lab.prompts import encode_messages, encode_reply, resolve_template
 from chatstream_lab.service import Service
-from chatstream_lab.types import Delta, Finished, TokenLogprob
+from chatstream_lab.types import Delta, Finished, FinishReason, TokenLogprob
 
 TOL = 1e-3
 
@@ -79,10 +79,12 @@ def test_off_costs_no_log_softmax(scripted, monkeypatch) -> None:
 
 def test_scripted_logprobs_are_consistent(scripted) -> None:
     events = list(csl.stream(scripted("Hé!"), "hi", temperature=0, logprobs=3))
-    lps = _logprobs(events)
+    *lps, stop = _logprobs(events)
     assert [t.token_id for t in lps] == list("Hé!".encode())  # the byte tokenizer: é is two tokens
     assert b"".join(t.raw for t in lps).decode() == "Hé!" == events[-1].text
-    for t in lps:
+    assert stop.token_id == scripted("Hé!").tokenizer.eos_token_id and stop.ends_reply  # the EOS, reported
+    assert not any(t.ends_reply for t in lps) and events[-1].usage.completion_tokens == len(lps) + 1
+    for t in (*lps, stop):
         assert t.top[0].token_id == t.token_id and abs(t.logprob) < 1e-6
         assert [a.logprob for a in t.top] == sorted((a.logprob for a in t.top), reverse=True)
         assert t.top[1].logprob < -15
@@ -186,12 +188,16 @@ def test_sampled_and_batched_logprobs_match_the_forward(real_model) -> None:
 @pytest.mark.real_model
 def test_score_equals_the_forward_and_the_greedy_stream(real_model) -> None:
     question = "What is the capital of France?"
-    events = list(csl.stream(real_model, question, temperature=0, max_new_tokens=8, logprobs=2))
-    streamed = _logprobs(events)
+    events = list(csl.stream(real_model, question, temperature=0, max_new_tokens=12, logprobs=2))
+    *streamed, stop = _logprobs(events)  # the reply ends with EOS: its entry comes last
     reply = events[-1].text
     got = csl.score(real_model, question, reply, top=2)
     prompt = _ids(real_model, question)
     reply_ids = list(encode_reply(real_model.tokenizer, reply))
+    assert events[-1].finish_reason is FinishReason.STOP and stop.ends_reply
+    assert stop.token_id in real_model.stop_token_ids and stop.text == "<|im_end|>"
+    eos_ref = _reference(real_model, prompt + reply_ids + [stop.token_id], len(prompt))[-1]
+    assert abs(stop.logprob - float(eos_ref[stop.token_id])) < TOL
     assert [t.token_id for t in got.tokens] == reply_ids == [t.token_id for t in streamed]
     ref = _reference(real_model, prompt + reply_ids, len(prompt))
     for j, t in enumerate(got.tokens):

@@ -144,6 +144,7 @@ def test_04_token_probabilities():
     tokens = _text(_cell(nb, "preview.tokens_panel.colour.value = True"))
     assert "'Paris'" in tokens or "'␣Paris'" in tokens
     assert re.search(r"next best: '.+' \d+%", tokens)
+    assert re.search(r"^ +\(end\) +\d+\.\d%", tokens.splitlines()[-2])  # the EOS, last, with its probability
     spans = int(re.search(r"coloured spans: (\d+)", tokens).group(1))
     assert spans >= 5
     branch = _text(_cell(nb, "preview.branch(i, alt.token_id)"))

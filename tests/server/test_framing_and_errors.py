@@ -62,7 +62,7 @@ def test_framing_follows_accept_header():
 
 
 @pytest.mark.parametrize("exc,status,kind", [
-    (QueueFull(running=2, waiting=5, max_queue_size=5), 429, "queue_full"),
+    (QueueFull(running=2, waiting=5, limit=2, max_queue_size=5), 429, "queue_full"),
     (SessionBusy("x"), 409, "session_busy"),
     (NothingToRegenerate("x"), 409, "nothing_to_regenerate"),
     (InvalidParameter("bad", name="top_p"), 400, "invalid_parameter"),

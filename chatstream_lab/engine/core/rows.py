@@ -7,26 +7,30 @@ it what its model produced; the row turns that into ``Delta`` events and, at the
 
     token id  ->  record  ->  [constraint]  ->  stop id?  ->  Detokenizer  ->  TextFilter
                                                   |                              |
-                                               flush, STOP        Delta (text, id, logprob)
+                           flush, Delta ("", id, logprob), STOP   Delta (text, id, logprob)
                                                                    stop string? -> STOP
                                                                    max_new reached? -> flush, LENGTH
     text      ->  TextFilter  ->  Delta (text)     (an upstream that sends text, not ids)
 
-Hook points for what later work adds on top, so that it lands here once and not per engine:
+The hook point for what later work adds on top, so that it lands here once and not per engine:
 
 * **constraint** (structured output): :class:`TokenConstraint` on the row sees every sampled token
   right after it is recorded, before the stop-id check; a token it refuses fails the row, a
   grammar it reports complete stops it. Masking the logits before sampling is the sampler's part
   (the batching engine's), not this pipeline's.
-* **the stop token's logprob**: :meth:`OutputRow.take` receives the logprob of every token, the
-  stop token's too; today it is dropped where the stop id ends the row (marked in the code).
+
+The stop token that ends a row is reported like every other generated token: after the text
+still held back is flushed, one last ``Delta`` with no text carries its id and (when asked) its
+logprob marked ``ends_reply``. So every engine that takes ids gives the same arrays, streamed or
+not, chat or completions: one entry per generated token, as ``completion_tokens`` counts them
+(evaluation harnesses score a choice the model would end with EOS from that entry).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from ...config import SamplingParams
@@ -102,8 +106,8 @@ class OutputRow:
             self.finish(FinishReason.ERROR, f"token {token} is not allowed by the row's constraint")
             return
         if token in self.stops.ids:
-            # the stop token's ``logprob`` is dropped here: the stop token is not reported
             self.flush()
+            self.emit("", (token,), () if logprob is None else (replace(logprob, ends_reply=True),))
             self.finish(FinishReason.STOP)
             return
         result = self.text_filter.push(self.detok.add(token))
