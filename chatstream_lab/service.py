@@ -27,6 +27,7 @@ from .engine.stream import RequestStream
 from .errors import ConfigError
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
+from .prompts.tools import ToolSpec
 from .stats import KVCacheStats, PrometheusExporter, StatsRecorder, StatsSnapshot
 from .types import ReplyScore
 
@@ -213,9 +214,11 @@ class Service:
         return self._m.exporter
 
     # -- requests -------------------------------------------------------------------------------
-    def encode(self, messages: str | Sequence[Any], config: ServeConfig | None = None) -> EncodedPrompt:
-        """The prompt ``config``'s template (default: the served one) makes of ``messages``."""
-        return encode_messages((config or self.config).template, self.model.tokenizer, messages)
+    def encode(self, messages: str | Sequence[Any], config: ServeConfig | None = None, *,
+               tools: ToolSpec | None = None) -> EncodedPrompt:
+        """The prompt ``config``'s template (default: the served one) makes of ``messages``
+        (with ``tools`` offered to the model, rendered as ``prompts.tools`` describes)."""
+        return encode_messages((config or self.config).template, self.model.tokenizer, messages, tools)
 
     def submit(self, messages: str | Sequence[Any], config: ServeConfig | None = None, *,
                session_key: str | None = None) -> RequestStream:

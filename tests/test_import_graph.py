@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
 SAME_LAYER_OK = {
     ("config", "errors"), ("config", "types"), ("errors", "types"),
     ("config", "constraint"), ("constraint", "errors"),
+    ("prompts", "structured"),  # a request's schemas are checked where they are read
     ("notebook", "server"),  # Endpoint serves the app; the server never imports the notebook
     ("cli", "console"), ("lab", "notebook"),
 }

@@ -212,18 +212,20 @@ def _call_tag(tool: Tool) -> dict[str, Any]:
             "end": CALL_TAIL}
 
 
-def tool_call_constraint(spec: ToolSpec) -> Constraint:
-    """The structural tag for ``spec``: ``auto`` -> text with optional calls (triggered by
-    ``<tool_call>``); ``required`` -> at least one call; a named tool -> exactly that one call;
-    ``parallel`` False -> generation ends after the first call."""
+def tool_call_format(spec: ToolSpec) -> dict[str, Any]:
+    """The structural-tag format for ``spec``: ``auto`` -> text with optional calls (triggered by
+    ``<tool_call>``); ``required`` -> at least one call, first thing in the reply; a named tool ->
+    exactly that one call; ``parallel`` False -> generation ends after the first call."""
     if spec.choice.mode is ToolChoiceMode.NAMED:
         tool = next(t for t in spec.tools if t.name == spec.choice.name)
-        fmt: dict[str, Any] = _call_tag(tool)
-    else:
-        fmt = {"type": "triggered_tags", "triggers": [CALL_OPEN], "tags": [_call_tag(t) for t in spec.tools],
-               "at_least_one": spec.choice.mode is ToolChoiceMode.REQUIRED,
-               "stop_after_first": not spec.parallel}
-    return Constraint.structural_tag({"type": "structural_tag", "format": fmt})
+        return _call_tag(tool)
+    return {"type": "triggered_tags", "triggers": [CALL_OPEN], "tags": [_call_tag(t) for t in spec.tools],
+            "at_least_one": spec.choice.mode is ToolChoiceMode.REQUIRED, "stop_after_first": not spec.parallel}
+
+
+def tool_call_constraint(spec: ToolSpec) -> Constraint:
+    """:func:`tool_call_format` as a constraint."""
+    return Constraint.structural_tag({"type": "structural_tag", "format": tool_call_format(spec)})
 
 
 # -- the prompt ------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ nothing is kept. Sampling fields map to :class:`~chatstream_lab.config.SamplingP
 ``repetition_penalty`` are accepted as extensions). Chat ``logprobs`` + ``top_logprobs`` and
 completions ``logprobs`` (+ ``echo``: the prompt's logprobs, computed by the engine thread in one
 teacher-forced forward) come back in OpenAI's shapes (:mod:`.logprobs_wire`).
+``response_format``, ``tools``, ``tool_choice`` and ``parallel_tool_calls`` (and ``tool`` /
+``tool_calls`` messages) are honoured, in OpenAI's shapes (:mod:`.openai_tools`); a schema that
+cannot be compiled is a 400 naming its field, before anything is queued. ``/v1/completions`` takes
+``response_format`` too (vLLM does).
 A cancelled generation (client gone) is not reported; an engine error becomes an ``error`` object
 in the stream, or HTTP 500 without streaming.
 """
@@ -29,12 +33,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config import RequestLimits, SamplingParams
+from ..constraint import response_format_constraint
 from ..errors import ChatStreamLabError, InvalidParameter
 from ..prompts import EncodedPrompt
+from ..prompts.output_format import output_format
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent, TokenLogprob
 from .errors import BadRequest, error_body, error_response, public_generation_error
 from .framing import sse_comment
 from .logprobs_wire import CompletionLogprobs, chat_content
+from .openai_tools import ToolCallDeltas, finish_reason, reply_message, request_output_format, with_constraint
 from .requests import InvalidJSON, check_stop, parse_json_object
 from .streaming import EventStreamResponse, collect_final
 
@@ -44,8 +51,10 @@ if TYPE_CHECKING:
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
 
 class StreamOptions(BaseModel):
@@ -53,7 +62,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """The fields we honour; others (``tools``, ``response_format``...) are ignored, not rejected."""
+    """The fields we honour; others (``metadata``, ``store``...) are ignored, not rejected."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
@@ -73,6 +82,10 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     user: str | None = Field(default=None, max_length=256)
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(BaseModel):
@@ -94,6 +107,7 @@ class CompletionRequest(BaseModel):
     n: int = 1
     logprobs: int | None = None
     echo: bool = False
+    response_format: dict[str, Any] | None = None
 
 
 def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
@@ -109,15 +123,22 @@ def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
     return "".join(parts)
 
 
-def to_messages(req: ChatCompletionRequest, max_chars: int, max_messages: int = 256) -> list[dict[str, str]]:
+def to_messages(req: ChatCompletionRequest, max_chars: int, max_messages: int = 256) -> list[dict[str, Any]]:
     if len(req.messages) > max_messages:
         raise BadRequest(f"messages holds {len(req.messages)} entries; the limit is {max_messages} "
                          "(max_messages)", param="messages")
-    messages = []
+    messages: list[dict[str, Any]] = []
     for i, m in enumerate(req.messages):
         role = "system" if m.role == "developer" else m.role
-        messages.append({"role": role, "content": _text_content(i, m.content)})
-    total = sum(len(m["content"]) for m in messages)
+        message: dict[str, Any] = {"role": role, "content": _text_content(i, m.content)}
+        if m.tool_calls:
+            if role != "assistant":
+                raise BadRequest(f"messages[{i}]: only assistant messages carry tool_calls", param="messages")
+            message["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
+    total = sum(len(m["content"]) + len(json.dumps(m.get("tool_calls") or "")) for m in messages)
     if total > max_chars:
         raise BadRequest(f"the messages hold {total} characters; the limit is {max_chars}",
                          param="messages", status=413)
@@ -162,11 +183,13 @@ def to_params(req: ChatCompletionRequest | CompletionRequest, defaults: Sampling
 class _ChunkEncoder:
     """Events -> ``chat.completion.chunk`` SSE frames (the OpenAI SDK's streaming format)."""
 
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+    def __init__(self, completion_id: str, model: str, include_usage: bool,
+                 tools: ToolCallDeltas | None = None) -> None:
         self.base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": model, "system_fingerprint": None}
         self.include_usage = include_usage
         self.started = False
+        self.tools = tools  # set when the reply may hold tool calls: text is parsed for them
 
     def _frame(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         payload = {**self.base, "choices": choices, **extra}
@@ -184,10 +207,16 @@ class _ChunkEncoder:
             if not event.text and not event.logprobs:
                 return None
             head = b"" if self.started else self._role()
-            choice: dict[str, Any] = {"index": 0, "delta": {"content": event.text}, "finish_reason": None}
-            if event.logprobs:
-                choice["logprobs"] = {"content": chat_content(event.logprobs), "refusal": None}
-            return head + self._frame([choice])
+            deltas = [{"content": event.text}] if self.tools is None else self.tools.feed(event.text)
+            if event.logprobs and not deltas:
+                deltas = [{"content": ""}]
+            frames = []
+            for i, delta in enumerate(deltas):
+                choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+                if event.logprobs and i == 0:
+                    choice["logprobs"] = {"content": chat_content(event.logprobs), "refusal": None}
+                frames.append(self._frame([choice]))
+            return head + b"".join(frames) if frames else None
         if isinstance(event, Finished):
             if event.finish_reason is FinishReason.ERROR:
                 body = error_body(public_generation_error(event), "generation_error")
@@ -195,7 +224,10 @@ class _ChunkEncoder:
             if event.finish_reason is FinishReason.CANCELLED:
                 return None
             head = b"" if self.started else self._role()
-            out = head + self._frame([{"index": 0, "delta": {}, "finish_reason": event.finish_reason.value}])
+            rest = b"".join(self._frame([{"index": 0, "delta": d, "finish_reason": None}])
+                            for d in (self.tools.finish() if self.tools is not None else ()))
+            reason = finish_reason(event.finish_reason, self.tools is not None and self.tools.called)
+            out = head + rest + self._frame([{"index": 0, "delta": {}, "finish_reason": reason}])
             if self.include_usage:
                 out += self._frame([], usage=_usage(event))
             return out
@@ -248,17 +280,20 @@ def make_router(service: Service) -> APIRouter:
         limits = service.request_limits
         try:
             req = read_request(await request.body(), limits, ChatCompletionRequest)
-            params = to_params(req, service.default_params, limits)
+            fmt = request_output_format(req)
+            params = with_constraint(to_params(req, service.default_params, limits), fmt)
             messages = to_messages(req, limits.max_input_chars, limits.max_messages)
             session_key = None if not req.user else f"openai-user:{req.user}"
-            stream = service.submit_encoded(service.encode(messages), params, session_key=session_key)
+            stream = service.submit_encoded(service.encode(messages, tools=fmt.tools), params,
+                                            session_key=session_key)
         except ChatStreamLabError as exc:
             return error_response(exc)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         model = service.model.name
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return EventStreamResponse(stream, _ChunkEncoder(completion_id, model, include_usage),
+            tools = ToolCallDeltas() if fmt.calls_tools else None
+            return EventStreamResponse(stream, _ChunkEncoder(completion_id, model, include_usage, tools),
                                        media_type="text/event-stream", closing=b"data: [DONE]\n\n")
         lps: list[TokenLogprob] = []
         fin = await collect_final(stream, request.receive, on_delta=lambda d: lps.extend(d.logprobs))
@@ -267,11 +302,11 @@ def make_router(service: Service) -> APIRouter:
             return failed
         assert fin is not None
         logprobs = {"content": chat_content(lps), "refusal": None} if params.logprobs is not None else None
+        message, reason = reply_message(fin.text, fin.finish_reason, fmt)
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": fin.text},
-                         "finish_reason": fin.finish_reason.value, "logprobs": logprobs}],
+            "choices": [{"index": 0, "message": message, "finish_reason": reason, "logprobs": logprobs}],
             "usage": _usage(fin),
         })
 
@@ -350,6 +385,7 @@ async def _completion(service: Service, req: CompletionRequest, request: Request
                                name="max_tokens")
     base = req.model_copy(update={"max_tokens": 1}) if score_only else req
     params = to_params(base, service.default_params.replace(stop=()), service.request_limits)
+    params = with_constraint(params, output_format(response_format_constraint(req.response_format)))
     logprobs = CompletionLogprobs()
     stream = None if score_only else service.submit_encoded(EncodedPrompt(tuple(ids)), params)
     try:
