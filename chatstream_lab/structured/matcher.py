@@ -23,8 +23,12 @@ class RowMatcher:
         self.vocab_size = vocab_size
 
     def fill(self, bitmask: Any, row: int) -> None:
-        """Write the allowed next tokens into ``bitmask[row]`` (1 bit per token id)."""
-        self._matcher.fill_next_token_bitmask(bitmask, row)
+        """Write the allowed next tokens into ``bitmask[row]`` (1 bit per token id); none once
+        the grammar has ended."""
+        if self._matcher.is_terminated():
+            bitmask[row].zero_()
+        else:
+            self._matcher.fill_next_token_bitmask(bitmask, row)
 
     def accept(self, token_id: int) -> bool:
         """Advance by ``token_id``; False if the grammar does not allow it (the row must fail)."""
