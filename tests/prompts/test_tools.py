@@ -11,6 +11,7 @@ from chatstream_lab.constraint import ConstraintKind
 from chatstream_lab.errors import InvalidParameter
 from chatstream_lab.prompts import JinjaTemplate, inspect_prompt, presets
 from chatstream_lab.prompts.encode import encode_messages
+from chatstream_lab.prompts.tool_stream import split_tool_calls
 from chatstream_lab.prompts.tools import (
     Tool,
     ToolChoiceMode,
@@ -21,7 +22,6 @@ from chatstream_lab.prompts.tools import (
     template_renders_tools,
     tool_spec,
 )
-from chatstream_lab.prompts.tool_stream import split_tool_calls
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather in a city",
@@ -29,7 +29,8 @@ WEATHER = {"type": "function", "function": {
 
 # A Hermes-style template that renders tools itself (the shape of Qwen2.5's, cut down).
 TOOLS_TEMPLATE = (
-    "{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}<|im_end|>\n{% endif %}"
+    "{% if tools %}<|im_start|>system\nTOOLS:{% for t in tools %}{{ t.function.name }};{% endfor %}"
+    "<|im_end|>\n{% endif %}"
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
     "{% if m.tool_calls %}{% for c in m.tool_calls %}[call {{ c.function.name }} {{ c.function.arguments | tojson }}]"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -102,7 +103,8 @@ def test_a_template_that_renders_tools_is_used_as_is():
     assert template_renders_tools(template)
     history = [{"role": "user", "content": "hi"},
                {"role": "assistant", "content": None, "tool_calls": [
-                   {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "P"}'}}]},
+                   {"id": "c1", "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "P"}'}}]},
                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}]
     tmpl, msgs = prepare(template, history, tool_spec([WEATHER]))
     text = tmpl.render(msgs)

@@ -95,7 +95,8 @@ def test_tool_results_in_the_history_reach_the_prompt(client, url):
     messages = [
         {"role": "user", "content": "weather in Paris?"},
         {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'},
     ]
     r = client.chat.completions.create(model="m", messages=messages, tools=[WEATHER])
