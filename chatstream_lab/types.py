@@ -102,6 +102,10 @@ class TokenLogprob:
     the same token has the same logprob whatever the sampling settings. ``top`` is sorted, most
     likely first, and holds ``SamplingParams.logprobs`` entries (it may or may not contain the
     chosen token; greedy decoding without a repetition penalty always picks ``top[0]``).
+
+    ``allowed`` is set for a constrained reply (``SamplingParams.constraint``): the share of the
+    raw probability that the grammar allowed at this position (1.0: the model wanted to write
+    something valid anyway; near 0: the grammar overrode it). None for a free reply.
     """
 
     token_id: int
@@ -109,6 +113,7 @@ class TokenLogprob:
     logprob: float
     top: tuple[TopLogprob, ...] = ()
     raw: bytes = b""
+    allowed: float | None = None
 
     @property
     def prob(self) -> float:

@@ -1,0 +1,166 @@
+"""A constraint as a GBNF grammar, for upstreams that take one (llama.cpp's ``llama-server``).
+
+llama-server takes a JSON schema natively (``json_schema``) but no regex and no structural tag;
+it does take a GBNF ``grammar``, optionally *lazy*: free text until a trigger word, the grammar
+from the trigger on (how it constrains its own tool calls). This module writes that grammar from
+xgrammar's EBNF of the same constraint, so a regex or a tool call means the same thing on
+llama-server as on the engines that run xgrammar:
+
+- xgrammar's EBNF -> GBNF: rule names lose ``_`` (GBNF names are letters, digits and ``-``),
+  ``{m, -1}`` becomes ``{m,}``, ``\\0`` becomes ``\\x00``, lookahead assertions ``(= ...)`` are
+  dropped (they only restate what the rule after them requires);
+- a structural tag becomes rules of literal tag texts around each tag's content; ``triggered_tags``
+  without ``at_least_one`` becomes a lazy grammar whose triggers are the tag triggers.
+
+:func:`to_gbnf` returns a :class:`Gbnf`, or raises
+:class:`~chatstream_lab.errors.InvalidParameter` for a form it cannot write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from ..constraint import Constraint, ConstraintKind
+from ..errors import InvalidParameter
+from .grammar import xgrammar
+
+
+@dataclass(frozen=True, slots=True)
+class Gbnf:
+    """A GBNF grammar; ``triggers`` non-empty: lazy (free text until one of them)."""
+
+    grammar: str
+    triggers: tuple[str, ...] = ()
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False) if text else '""'
+
+
+def _skip_string(src: str, i: int, quote: str) -> int:
+    """Index just past the literal or class starting at ``src[i]`` (``quote`` closes it)."""
+    i += 1
+    while src[i] != quote:
+        i += 2 if src[i] == "\\" else 1
+    return i + 1
+
+
+def _convert_body(body: str, prefix: str) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c == '"':
+            end = _skip_string(body, i, '"')
+            out.append(body[i:end])
+            i = end
+        elif c == "[":
+            end = _skip_string(body, i, "]")
+            out.append(body[i:end].replace("\\0", "\\x00"))
+            i = end
+        elif body.startswith("(=", i):  # lookahead: skip to its matching parenthesis
+            depth, i = 1, i + 2
+            while depth:
+                if body[i] in "\"[":
+                    i = _skip_string(body, i, '"' if body[i] == '"' else "]")
+                    continue
+                depth += {"(": 1, ")": -1}.get(body[i], 0)
+                i += 1
+        elif c == "{":
+            end = body.index("}", i)
+            lo, _, hi = body[i + 1:end].partition(",")
+            hi = hi.strip()
+            out.append(f"{{{lo.strip()},}}" if hi == "-1" else f"{{{lo.strip()},{hi}}}" if hi else body[i:end + 1])
+            i = end + 1
+        elif c.isalpha() or c == "_":
+            j = i
+            while j < len(body) and (body[j].isalnum() or body[j] == "_"):
+                j += 1
+            out.append(prefix + body[i:j].replace("_", "-"))
+            i = j
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def ebnf_to_gbnf(ebnf: str, prefix: str) -> tuple[str, str]:
+    """xgrammar EBNF -> (GBNF rules with ``prefix`` on every name, the prefixed root name)."""
+    lines = []
+    for line in ebnf.strip().splitlines():
+        name, sep, body = line.partition(" ::= ")
+        if not sep:
+            continue
+        if "TagDispatch" in body or "Repeat" in body:
+            raise ValueError(f"unsupported construct in {name}")
+        lines.append(f"{prefix}{name.strip().replace('_', '-')} ::= {_convert_body(body, prefix)}")
+    return "\n".join(lines), f"{prefix}root"
+
+
+class _Writer:
+    """Builds one GBNF grammar from nested formats, naming sub-grammars g0-, g1-, ..."""
+
+    def __init__(self) -> None:
+        self.rules: list[str] = []
+        self._n = 0
+
+    def _sub(self, grammar: Any) -> str:
+        rules, root = ebnf_to_gbnf(str(grammar), f"g{self._n}-")
+        self._n += 1
+        self.rules.append(rules)
+        return root
+
+    def rule(self, body: str) -> str:
+        name = f"r{self._n}"
+        self._n += 1
+        self.rules.append(f"{name} ::= {body}")
+        return name
+
+    def format(self, fmt: dict[str, Any]) -> str:
+        """A rule name matching structural-tag format ``fmt``."""
+        xgr = xgrammar()
+        kind = fmt.get("type")
+        if kind == "json_schema":
+            return self._sub(xgr.Grammar.from_json_schema(json.dumps(fmt["json_schema"]), any_whitespace=False))
+        if kind == "regex":
+            return self._sub(xgr.Grammar.from_regex(fmt["pattern"]))
+        if kind == "const_string":
+            return self.rule(_literal(fmt["value"]))
+        if kind == "tag":
+            end = fmt["end"] if isinstance(fmt["end"], str) else fmt["end"][0]
+            return self.rule(f"{_literal(fmt['begin'])} {self.format(fmt['content'])} {_literal(end)}")
+        if kind == "or":
+            return self.rule(" | ".join(self.format(e) for e in fmt["elements"]))
+        if kind == "sequence":
+            return self.rule(" ".join(self.format(e) for e in fmt["elements"]))
+        if kind in ("triggered_tags", "tags_with_separator"):
+            one = self.rule(" | ".join(self.format(t) for t in fmt["tags"]))
+            sep = _literal(fmt.get("separator", "\n")) + "?" if kind == "triggered_tags" else _literal(
+                fmt.get("separator", ""))
+            return one if fmt.get("stop_after_first") else self.rule(f"{one} ({sep} {one})*")
+        raise ValueError(f"structural tag format {kind!r}")
+
+
+def to_gbnf(constraint: Constraint, *, field: str = "response_format") -> Gbnf:
+    """``constraint`` as GBNF (JSON schemas too, though llama-server takes those natively)."""
+    xgr = xgrammar()
+    writer = _Writer()
+    try:
+        if constraint.kind is ConstraintKind.STRUCTURAL_TAG:
+            fmt = (constraint.tag or {})["format"]
+            lazy = fmt.get("type") == "triggered_tags" and not fmt.get("at_least_one")
+            root = writer.format(fmt)
+            triggers = tuple(fmt["triggers"]) if lazy else ()
+        else:
+            root = writer._sub(xgr.Grammar.from_regex(constraint.spec) if constraint.kind is ConstraintKind.REGEX
+                               else xgr.Grammar.from_json_schema(
+                                   constraint.spec if constraint.kind is ConstraintKind.JSON_SCHEMA
+                                   else '{"type":"object"}', any_whitespace=False,
+                                   strict_mode=constraint.kind is ConstraintKind.JSON_SCHEMA))
+            triggers = ()
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise InvalidParameter(f"{field}: this constraint cannot be written as a GBNF grammar for "
+                               f"llama-server ({exc})", name=field) from exc
+    return Gbnf(f"root ::= {root}\n" + "\n".join(writer.rules) + "\n", triggers)
