@@ -89,10 +89,19 @@ def check_constraint(constraint: Constraint, *, field: str | None = None) -> Non
         raise _refused(constraint, exc, field) from exc
 
 
+_UNBOUNDED = re.compile(r"\{(\d+),\s*-1\}")
+
+
 def grammar_text(constraint: Constraint) -> str:
-    """The constraint as xgrammar's EBNF (for inspection and for upstreams that take a grammar)."""
+    """The constraint as xgrammar's EBNF, in the spelling older xgrammar parsers read too (the one
+    built into OpenVINO GenAI 2026.4: ``x*`` / ``x+`` / ``x{m,}`` for unbounded repeats)."""
     check_constraint(constraint)
-    return str(_grammar(constraint))
+    return _UNBOUNDED.sub(_unbounded, str(_grammar(constraint)))
+
+
+def _unbounded(match: re.Match[str]) -> str:
+    low = int(match.group(1))
+    return "*" if low == 0 else "+" if low == 1 else f"{{{low},}}"
 
 
 class TokenizerGrammars:
@@ -113,11 +122,18 @@ class TokenizerGrammars:
 
     def _xgr_compiler(self) -> Any:
         if self._compiler is None:
-            xgr = xgrammar()
-            info = xgr.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self.vocab_size,
-                                                      stop_token_ids=list(self.stop_token_ids) or None)
-            self._compiler = xgr.GrammarCompiler(info, max_threads=1)
+            self._compiler = xgrammar().GrammarCompiler(self._tokenizer_info(), max_threads=1)
         return self._compiler
+
+    def _tokenizer_info(self) -> Any:
+        xgr = xgrammar()
+        stops = list(self.stop_token_ids) or None
+        token_bytes = getattr(self._tokenizer, "token_bytes", None)
+        if callable(token_bytes) and not hasattr(self._tokenizer, "backend_tokenizer"):
+            # a raw byte vocabulary (the scripted model's ByteTokenizer): special tokens never match text
+            vocab = [token_bytes(i) or b"" for i in range(len(self._tokenizer))]
+            return xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=self.vocab_size, stop_token_ids=stops)
+        return xgr.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self.vocab_size, stop_token_ids=stops)
 
     def compiled(self, constraint: Constraint) -> Any:
         """The xgrammar ``CompiledGrammar`` (compiled once per constraint, ~10 ms; then cached)."""
