@@ -10,6 +10,7 @@ constrained and free rows share one forward and one sampler call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .grammar import xgrammar
@@ -39,12 +40,26 @@ class RowMatcher:
         """The grammar has ended (a stop token was accepted where it may end)."""
         return bool(self._matcher.is_terminated())
 
+    @property
+    def complete(self) -> bool:
+        """The engine core's ``TokenConstraint`` name for :attr:`terminated` (the row stops)."""
+        return self.terminated
+
     def allowed(self) -> list[int]:
         """The token ids allowed next (for tests and inspection; the engine uses :meth:`fill`)."""
         masks = TokenMasks(self.vocab_size)
         bitmask = masks.buffer(1)
         self.fill(bitmask, 0)
         return masks.allowed_ids(bitmask[0])
+
+
+@dataclass(frozen=True, slots=True)
+class MaskOutcome:
+    """One step's masking: rows whose grammar allowed no token (they fail), and per row the raw
+    probability the grammar allowed (None where not asked or not constrained)."""
+
+    dead: frozenset[int]
+    allowed: tuple[float | None, ...]
 
 
 class TokenMasks:
@@ -91,6 +106,17 @@ class TokenMasks:
         if width > self.vocab_size:  # ids past the grammar's vocabulary are never allowed
             logits[live, self.vocab_size:] = float("-inf")
         return empty
+
+    def constrain(self, logits: Any, matchers: Sequence[RowMatcher | None],
+                  raw_logprobs: Sequence[Any] | None = None) -> MaskOutcome:
+        """:meth:`apply`, plus, for rows given their raw ``log_softmax`` (``raw_logprobs[i]``, a
+        ``[V]`` tensor or None), the share of raw probability the grammar allowed there."""
+        dead = self.apply(logits, matchers)
+        shares: list[float | None] = [None] * len(matchers)
+        for i, lp in enumerate(raw_logprobs or ()):
+            if lp is not None and matchers[i] is not None and i not in dead:
+                shares[i] = float(lp.exp().masked_fill(~logits[i].isfinite(), 0.0).sum())
+        return MaskOutcome(frozenset(dead), tuple(shares))
 
     def allowed_ids(self, row_bits: Any) -> list[int]:
         return unpack(row_bits.unsqueeze(0), self.vocab_size)[0].nonzero().flatten().tolist()

@@ -100,3 +100,14 @@ def test_unpack_matches_xgrammar(grammars):
     logits = torch.zeros(1, 49152)
     xgr.apply_token_bitmask_inplace(logits, bitmask)
     assert torch.equal(unpack(bitmask, 49152)[0], torch.isfinite(logits[0]))
+
+
+def test_allowed_share_is_the_raw_probability_of_the_allowed_tokens(grammars):
+    masks = TokenMasks(49152)
+    logits = torch.randn(2, 49152)
+    raw = torch.log_softmax(logits, dim=-1)
+    m = grammars.matcher(PERSON)
+    allowed = m.allowed()
+    out = masks.constrain(logits, [m, None], [raw[0], raw[1]])
+    assert out.dead == frozenset() and out.allowed[1] is None
+    assert out.allowed[0] == pytest.approx(float(raw[0, allowed].exp().sum()), rel=1e-4)
