@@ -8,8 +8,15 @@ raw logits. Importing this package does not import xgrammar (nor torch): that ha
 
 from __future__ import annotations
 
-from .grammar import INSTALL_HINT, TokenizerGrammars, check_constraint, grammar_text, grammars_for
+from .grammar import (
+    INSTALL_HINT,
+    TokenizerGrammars,
+    check_constraint,
+    grammar_text,
+    grammars_for,
+    portable_grammar_text,
+)
 from .matcher import RowMatcher, TokenMasks
 
 __all__ = ["INSTALL_HINT", "RowMatcher", "TokenMasks", "TokenizerGrammars", "check_constraint",
-           "grammar_text", "grammars_for"]
+           "grammar_text", "grammars_for", "portable_grammar_text"]

@@ -99,6 +99,16 @@ def grammar_text(constraint: Constraint) -> str:
     return _UNBOUNDED.sub(_unbounded, str(_grammar(constraint)))
 
 
+_BUILTIN = re.compile(r"\b[A-Z][A-Za-z]*\(")
+
+
+def portable_grammar_text(constraint: Constraint) -> str | None:
+    """:func:`grammar_text` when it uses only plain EBNF (no ``Regex(...)`` / ``TagDispatch(...)``
+    built-ins, which older parsers lack), else None."""
+    text = grammar_text(constraint)
+    return None if _BUILTIN.search(text) else text
+
+
 def _unbounded(match: re.Match[str]) -> str:
     low = int(match.group(1))
     return "*" if low == 0 else "+" if low == 1 else f"{{{low},}}"
