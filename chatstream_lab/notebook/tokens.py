@@ -4,7 +4,9 @@
 (unlikely) to green (likely), with the top alternatives in its ``title`` and in a small CSS
 tooltip on hover. :class:`TokenPanel` is the widget part a preview or a chat adds: a toggle for the
 colours, a token picker and one button per alternative; clicking one calls ``on_branch(i, token_id)``
-(the view regenerates from there with that token forced, the earlier tokens kept).
+(the view regenerates from there with that token forced, the earlier tokens kept). A token of a
+constrained reply (``TokenLogprob.allowed``) is underlined from red (the grammar allowed little of
+what the model wanted there) to green (the model wanted a valid token anyway).
 """
 
 from __future__ import annotations
@@ -38,15 +40,26 @@ def alternative_label(alt: TopLogprob | TokenLogprob) -> str:
     return f"'{visible(alt.text)}' {100 * math.exp(alt.logprob):.1f}%"
 
 
+def allowed_label(t: TokenLogprob) -> str:
+    """``grammar allowed 12.5%``: how much of the raw probability a constraint left (or "")."""
+    return "" if t.allowed is None else f"grammar allowed {100 * t.allowed:.1f}%"
+
+
 def _token_span(i: int, t: TokenLogprob, colour: bool) -> str:
     alts = " | ".join(alternative_label(a) for a in t.top)
     title = f"{alternative_label(t)}" + (f" — top: {alts}" if alts else "")
+    if t.allowed is not None:
+        title += f" — {allowed_label(t)}"
     text = escape(t.text.replace("\n", "↵\n") if colour else t.text)
     if not colour:
         return text
     rows = "".join(f"<div class='csl-alt'>{escape(alternative_label(a))}</div>" for a in t.top)
+    underline = ""
+    if t.allowed is not None:  # a constrained token: underlined red (grammar overrode) .. green (model agreed)
+        rows += f"<div class='csl-alt'><b>{escape(allowed_label(t))}</b></div>"
+        underline = f";border-bottom:3px solid {prob_colour(math.log(max(t.allowed, 1e-12))).replace('85%)', '45%)')}"
     return (f"<span class='csl-tok' data-i='{i}' title='{escape(title, quote=True)}' "
-            f"style='background:{prob_colour(t.logprob)}'>{text}"
+            f"style='background:{prob_colour(t.logprob)}{underline}'>{text}"
             f"<span class='csl-alts'>{rows}</span></span>")
 
 
