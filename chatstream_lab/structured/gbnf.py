@@ -19,6 +19,7 @@ llama-server as on the engines that run xgrammar:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +48,28 @@ def _skip_string(src: str, i: int, quote: str) -> int:
     return i + 1
 
 
-def _convert_body(body: str, prefix: str) -> str:
+def _regex_call(body: str, i: int, on_regex: Callable[[str], str]) -> tuple[str, int]:
+    """``Regex("pattern", ...)`` at ``body[i]`` -> (a rule for it, the index after the call)."""
+    start = body.index('"', i)
+    end = _skip_string(body, start, '"')
+    literal = body[start:end]
+    try:
+        pattern = json.loads(literal)
+    except ValueError:
+        pattern = literal[1:-1].encode().decode("unicode_escape")
+    close = body.index(")", end)
+    return on_regex(pattern), close + 1
+
+
+def _convert_body(body: str, prefix: str, on_regex: Callable[[str], str] | None = None) -> str:
     out: list[str] = []
     i = 0
     while i < len(body):
         c = body[i]
-        if c == '"':
+        if body.startswith("Regex(", i) and on_regex is not None:  # xgrammar's regex built-in
+            rule, i = _regex_call(body, i, on_regex)
+            out.append(rule)
+        elif c == '"':
             end = _skip_string(body, i, '"')
             out.append(body[i:end])
             i = end
@@ -86,16 +103,17 @@ def _convert_body(body: str, prefix: str) -> str:
     return "".join(out)
 
 
-def ebnf_to_gbnf(ebnf: str, prefix: str) -> tuple[str, str]:
-    """xgrammar EBNF -> (GBNF rules with ``prefix`` on every name, the prefixed root name)."""
+def ebnf_to_gbnf(ebnf: str, prefix: str, on_regex: Callable[[str], str] | None = None) -> tuple[str, str]:
+    """xgrammar EBNF -> (GBNF rules with ``prefix`` on every name, the prefixed root name);
+    ``on_regex(pattern)`` writes a ``Regex(...)`` built-in as a rule and returns its name."""
     lines = []
     for line in ebnf.strip().splitlines():
         name, sep, body = line.partition(" ::= ")
         if not sep:
             continue
-        if "TagDispatch" in body or "Repeat" in body:
+        if "TagDispatch(" in body or "Repeat(" in body or ("Regex(" in body and on_regex is None):
             raise ValueError(f"unsupported construct in {name}")
-        lines.append(f"{prefix}{name.strip().replace('_', '-')} ::= {_convert_body(body, prefix)}")
+        lines.append(f"{prefix}{name.strip().replace('_', '-')} ::= {_convert_body(body, prefix, on_regex)}")
     return "\n".join(lines), f"{prefix}root"
 
 
@@ -107,10 +125,14 @@ class _Writer:
         self._n = 0
 
     def _sub(self, grammar: Any) -> str:
-        rules, root = ebnf_to_gbnf(str(grammar), f"g{self._n}-")
+        prefix = f"g{self._n}-"
         self._n += 1
+        rules, root = ebnf_to_gbnf(str(grammar), prefix, self._regex)
         self.rules.append(rules)
         return root
+
+    def _regex(self, pattern: str) -> str:
+        return self._sub(xgrammar().Grammar.from_regex(pattern))
 
     def rule(self, body: str) -> str:
         name = f"r{self._n}"
