@@ -98,6 +98,14 @@ class StructuredReply:
     finish_reason: FinishReason
     parsed: Any = None
 
+    def as_message(self) -> dict[str, Any]:
+        """The reply as the assistant message of a history (OpenAI's shape, ``tool_calls`` included),
+        to send back with the tools' results (``call.result(...)``) for the next turn."""
+        message: dict[str, Any] = {"role": "assistant", "content": self.text}
+        if self.tool_calls:
+            message["tool_calls"] = [c.to_openai() for c in self.tool_calls]
+        return message
+
     def __repr__(self) -> str:
         calls = ", ".join(f"{c.name}({c.arguments})" for c in self.tool_calls)
         return (f"StructuredReply({self.finish_reason.value}, text={self.text!r}"

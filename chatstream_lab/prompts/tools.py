@@ -114,6 +114,11 @@ class ToolCall:
     def to_openai(self) -> dict[str, Any]:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
 
+    def result(self, content: Any) -> dict[str, Any]:
+        """The ``tool`` message answering this call (``content``: text, or data sent as JSON)."""
+        text = content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
+        return {"role": "tool", "tool_call_id": self.id, "content": text}
+
 
 @dataclass(frozen=True)
 class ToolSpec:
