@@ -61,7 +61,17 @@ def _regex_call(body: str, i: int, on_regex: Callable[[str], str]) -> tuple[str,
     return on_regex(pattern), close + 1
 
 
-def _convert_body(body: str, prefix: str, on_regex: Callable[[str], str] | None = None) -> str:
+def _repeat(lo: str, hi: str, plain: bool) -> str:
+    """``{lo, hi}`` in the target spelling (``hi`` -1: unbounded)."""
+    if hi != "-1":
+        return f"{{{lo},{hi}}}"
+    if plain and lo in ("0", "1"):
+        return "*" if lo == "0" else "+"
+    return f"{{{lo},}}"
+
+
+def _convert_body(body: str, prefix: str, on_regex: Callable[[str], str] | None = None, *,
+                  plain: bool = False) -> str:
     out: list[str] = []
     i = 0
     while i < len(body):
@@ -89,13 +99,13 @@ def _convert_body(body: str, prefix: str, on_regex: Callable[[str], str] | None 
             end = body.index("}", i)
             lo, _, hi = body[i + 1:end].partition(",")
             hi = hi.strip()
-            out.append(f"{{{lo.strip()},}}" if hi == "-1" else f"{{{lo.strip()},{hi}}}" if hi else body[i:end + 1])
+            out.append(_repeat(lo.strip(), hi, plain) if hi else body[i:end + 1])
             i = end + 1
         elif c.isalpha() or c == "_":
             j = i
             while j < len(body) and (body[j].isalnum() or body[j] == "_"):
                 j += 1
-            out.append(prefix + body[i:j].replace("_", "-"))
+            out.append(prefix + (body[i:j] if plain else body[i:j].replace("_", "-")))
             i = j
         else:
             out.append(c)
@@ -103,9 +113,12 @@ def _convert_body(body: str, prefix: str, on_regex: Callable[[str], str] | None 
     return "".join(out)
 
 
-def ebnf_to_gbnf(ebnf: str, prefix: str, on_regex: Callable[[str], str] | None = None) -> tuple[str, str]:
+def ebnf_to_gbnf(ebnf: str, prefix: str, on_regex: Callable[[str], str] | None = None, *,
+                 plain: bool = False) -> tuple[str, str]:
     """xgrammar EBNF -> (GBNF rules with ``prefix`` on every name, the prefixed root name);
-    ``on_regex(pattern)`` writes a ``Regex(...)`` built-in as a rule and returns its name."""
+    ``on_regex(pattern)`` writes a ``Regex(...)`` built-in as a rule and returns its name.
+    ``plain``: write plain EBNF instead (names keep ``_``; ``*`` / ``+`` for unbounded repeats),
+    which older xgrammar parsers read (OpenVINO GenAI's built-in one)."""
     lines = []
     for line in ebnf.strip().splitlines():
         name, sep, body = line.partition(" ::= ")
@@ -113,21 +126,23 @@ def ebnf_to_gbnf(ebnf: str, prefix: str, on_regex: Callable[[str], str] | None =
             continue
         if "TagDispatch(" in body or "Repeat(" in body or ("Regex(" in body and on_regex is None):
             raise ValueError(f"unsupported construct in {name}")
-        lines.append(f"{prefix}{name.strip().replace('_', '-')} ::= {_convert_body(body, prefix, on_regex)}")
+        own = name.strip() if plain else name.strip().replace("_", "-")
+        lines.append(f"{prefix}{own} ::= {_convert_body(body, prefix, on_regex, plain=plain)}")
     return "\n".join(lines), f"{prefix}root"
 
 
 class _Writer:
-    """Builds one GBNF grammar from nested formats, naming sub-grammars g0-, g1-, ..."""
+    """Builds one grammar from nested formats, naming sub-grammars g0-, g1-, ... (g0_ in plain EBNF)."""
 
-    def __init__(self) -> None:
+    def __init__(self, plain: bool = False) -> None:
         self.rules: list[str] = []
         self._n = 0
+        self.plain = plain
 
     def _sub(self, grammar: Any) -> str:
-        prefix = f"g{self._n}-"
+        prefix = f"g{self._n}{'_' if self.plain else '-'}"
         self._n += 1
-        rules, root = ebnf_to_gbnf(str(grammar), prefix, self._regex)
+        rules, root = ebnf_to_gbnf(str(grammar), prefix, self._regex, plain=self.plain)
         self.rules.append(rules)
         return root
 
@@ -165,10 +180,21 @@ class _Writer:
         raise ValueError(f"structural tag format {kind!r}")
 
 
-def to_gbnf(constraint: Constraint, *, field: str = "response_format") -> Gbnf:
-    """``constraint`` as GBNF (JSON schemas too, though llama-server takes those natively)."""
+def to_plain_ebnf(constraint: Constraint) -> str:
+    """A JSON schema, JSON object or regex constraint as plain EBNF (no built-ins, no lookahead):
+    the same compact grammar the torch engine uses, in the spelling OpenVINO's built-in xgrammar
+    reads. Raises InvalidParameter for a structural tag (send those as JSON)."""
+    if constraint.kind is ConstraintKind.STRUCTURAL_TAG:
+        raise InvalidParameter("a structural tag has no plain EBNF form here", name="tools")
+    grammar = to_gbnf(constraint, plain=True).grammar
+    return grammar
+
+
+def to_gbnf(constraint: Constraint, *, field: str = "response_format", plain: bool = False) -> Gbnf:
+    """``constraint`` as GBNF (JSON schemas too, though llama-server takes those natively);
+    ``plain``: as plain EBNF (see :func:`ebnf_to_gbnf`)."""
     xgr = xgrammar()
-    writer = _Writer()
+    writer = _Writer(plain)
     try:
         if constraint.kind is ConstraintKind.STRUCTURAL_TAG:
             fmt = (constraint.tag or {})["format"]

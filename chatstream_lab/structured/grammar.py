@@ -99,14 +99,14 @@ def grammar_text(constraint: Constraint) -> str:
     return _UNBOUNDED.sub(_unbounded, str(_grammar(constraint)))
 
 
-_BUILTIN = re.compile(r"\b[A-Z][A-Za-z]*\(")
+def portable_grammar_text(constraint: Constraint) -> str:
+    """A JSON schema, JSON object or regex as plain EBNF that older xgrammar parsers read too
+    (OpenVINO GenAI 2026.4's built-in one): the torch engine's compact grammar, with xgrammar's
+    ``Regex(...)`` built-ins written out as rules."""
+    from .gbnf import to_plain_ebnf
 
-
-def portable_grammar_text(constraint: Constraint) -> str | None:
-    """:func:`grammar_text` when it uses only plain EBNF (no ``Regex(...)`` / ``TagDispatch(...)``
-    built-ins, which older parsers lack), else None."""
-    text = grammar_text(constraint)
-    return None if _BUILTIN.search(text) else text
+    check_constraint(constraint)
+    return to_plain_ebnf(constraint)
 
 
 def _unbounded(match: re.Match[str]) -> str:

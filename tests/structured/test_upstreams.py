@@ -55,3 +55,12 @@ def test_json_schema_fields():
     assert fields["response_format"]["json_schema"]["name"] == "thing"
     assert "response_format" not in upstream_fields(c)
     assert upstream_fields(Constraint.regex("(yes|no)"))["structured_outputs"] == {"regex": "(yes|no)"}
+
+
+def test_plain_ebnf_has_no_builtins_and_keeps_the_compact_grammar():
+    from chatstream_lab.structured import portable_grammar_text
+
+    for _, schema, _ in SCHEMAS:
+        text = portable_grammar_text(Constraint.json_schema(schema))
+        assert "Regex(" not in text and "(=" not in text and "-1}" not in text
+    assert '": "' in portable_grammar_text(Constraint.json_schema(SCHEMAS[0][1]))  # compact separators
