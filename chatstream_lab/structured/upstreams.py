@@ -21,6 +21,7 @@ which the remote engine reports by name.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -30,8 +31,10 @@ from .gbnf import to_gbnf
 _WORD_TRIGGER = 1  # llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_WORD
 
 
+@functools.lru_cache(maxsize=256)
 def upstream_fields(constraint: Constraint, *, chat: bool = False) -> dict[str, Any]:
-    """The request fields that carry ``constraint`` to llama-server and vLLM."""
+    """The request fields that carry ``constraint`` to llama-server and vLLM (cached: the GBNF is
+    written once per constraint; callers copy the fields into their body and never mutate them)."""
     kind = constraint.kind
     out: dict[str, Any] = {}
     if kind is ConstraintKind.JSON_SCHEMA:
