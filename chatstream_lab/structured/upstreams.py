@@ -4,15 +4,13 @@ One body goes to any OpenAI-compatible upstream, so it carries the constraint in
 every upstream we serve from, and each ignores the others' (as with ``repeat_penalty`` /
 ``repetition_penalty``):
 
-==================  =========================================  ======================================
-constraint          llama-server (llama.cpp)                    vLLM
-==================  =========================================  ======================================
-JSON schema         ``json_schema`` (its own GBNF converter)    ``structured_outputs.json``
-JSON object         ``json_schema: {"type": "object"}``         ``structured_outputs.json_object``
-regex               ``grammar`` (GBNF, :mod:`.gbnf`)            ``structured_outputs.regex``
-structural tag      ``grammar`` (+ ``grammar_lazy`` and          ``structured_outputs.structural_tag``
-(tool calls)        ``grammar_triggers`` for ``auto``)
-==================  =========================================  ======================================
+- JSON schema: llama-server ``json_schema`` (its own GBNF converter); vLLM
+  ``structured_outputs.json`` with ``disable_any_whitespace`` (else a small model pads with blank
+  lines until ``max_tokens``).
+- JSON object: ``json_schema: {"type": "object"}``; ``structured_outputs.json_object``.
+- regex: ``grammar`` (GBNF, :mod:`.gbnf`); ``structured_outputs.regex``.
+- structural tag (tool calls): ``grammar`` (+ ``grammar_lazy`` and ``grammar_triggers`` for
+  ``tool_choice: auto``); ``structured_outputs.structural_tag``.
 
 On ``/v1/chat/completions`` (a remote model without a local tokenizer) a JSON schema also goes as
 OpenAI's ``response_format``, which both read. An upstream that cannot enforce a form answers 400,
@@ -40,14 +38,14 @@ def upstream_fields(constraint: Constraint, *, chat: bool = False) -> dict[str, 
     if kind is ConstraintKind.JSON_SCHEMA:
         schema = constraint.schema
         out["json_schema"] = schema
-        out["structured_outputs"] = {"json": schema}
+        out["structured_outputs"] = {"json": schema, "disable_any_whitespace": True}
         if chat:
             out["response_format"] = {"type": "json_schema",
                                       "json_schema": {"name": constraint.name, "schema": schema, "strict": True}}
         return out
     if kind is ConstraintKind.JSON_OBJECT:
         out["json_schema"] = {"type": "object"}
-        out["structured_outputs"] = {"json_object": True}
+        out["structured_outputs"] = {"json_object": True, "disable_any_whitespace": True}
         if chat:
             out["response_format"] = {"type": "json_object"}
         return out
