@@ -4,17 +4,15 @@ One body goes to any OpenAI-compatible upstream, so it carries the constraint in
 every upstream we serve from, and each ignores the others' (as with ``repeat_penalty`` /
 ``repetition_penalty``):
 
-- JSON schema: llama-server ``json_schema`` (its own GBNF converter); vLLM
-  ``structured_outputs.json`` with ``disable_any_whitespace`` (else a small model pads with blank
-  lines until ``max_tokens``).
-- JSON object: ``json_schema: {"type": "object"}``; ``structured_outputs.json_object``.
+- JSON schema / JSON object: llama-server ``json_schema`` (its own GBNF converter); vLLM
+  ``structured_outputs.grammar``: our compact grammar as plain EBNF (vLLM's own JSON conversion
+  lets whitespace run free unless the *server* was started with ``disable_any_whitespace``, and a
+  small model then pads a reply with blank lines until ``max_tokens``).
 - regex: ``grammar`` (GBNF, :mod:`.gbnf`); ``structured_outputs.regex``.
 - structural tag (tool calls): ``grammar`` (+ ``grammar_lazy`` and ``grammar_triggers`` for
   ``tool_choice: auto``); ``structured_outputs.structural_tag``.
 
-On ``/v1/chat/completions`` (a remote model without a local tokenizer) a JSON schema also goes as
-OpenAI's ``response_format``, which both read. An upstream that cannot enforce a form answers 400,
-which the remote engine reports by name.
+An upstream that cannot enforce a form answers 4xx, which ends the request as refused by it.
 """
 
 from __future__ import annotations
@@ -24,30 +22,20 @@ import json
 from typing import Any
 
 from ..constraint import Constraint, ConstraintKind
-from .gbnf import to_gbnf
+from .gbnf import to_gbnf, to_plain_ebnf
 
 _WORD_TRIGGER = 1  # llama.cpp's COMMON_GRAMMAR_TRIGGER_TYPE_WORD
 
 
 @functools.lru_cache(maxsize=256)
-def upstream_fields(constraint: Constraint, *, chat: bool = False) -> dict[str, Any]:
+def upstream_fields(constraint: Constraint) -> dict[str, Any]:
     """The request fields that carry ``constraint`` to llama-server and vLLM (cached: the GBNF is
     written once per constraint; callers copy the fields into their body and never mutate them)."""
     kind = constraint.kind
     out: dict[str, Any] = {}
-    if kind is ConstraintKind.JSON_SCHEMA:
-        schema = constraint.schema
-        out["json_schema"] = schema
-        out["structured_outputs"] = {"json": schema, "disable_any_whitespace": True}
-        if chat:
-            out["response_format"] = {"type": "json_schema",
-                                      "json_schema": {"name": constraint.name, "schema": schema, "strict": True}}
-        return out
-    if kind is ConstraintKind.JSON_OBJECT:
-        out["json_schema"] = {"type": "object"}
-        out["structured_outputs"] = {"json_object": True, "disable_any_whitespace": True}
-        if chat:
-            out["response_format"] = {"type": "json_object"}
+    if kind in (ConstraintKind.JSON_SCHEMA, ConstraintKind.JSON_OBJECT):
+        out["json_schema"] = constraint.schema if kind is ConstraintKind.JSON_SCHEMA else {"type": "object"}
+        out["structured_outputs"] = {"grammar": to_plain_ebnf(constraint)}
         return out
     gbnf = to_gbnf(constraint, field="tools" if kind is ConstraintKind.STRUCTURAL_TAG else "regex")
     out["grammar"] = gbnf.grammar
