@@ -117,7 +117,7 @@ def mask_cost(rows_list: list[int], steps: int = 200) -> dict[str, float]:
             masks.apply(work, matchers)
             for i, m in enumerate(matchers):
                 token = int(work[i].argmax())
-                if not m.accept(token):
+                if not m.accept(token) or m.terminated:  # a finished reply: start another
                     matchers[i] = grammars.matcher(constraint)
         clone = time.perf_counter()
         for _ in range(steps):
