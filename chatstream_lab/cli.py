@@ -148,6 +148,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:  # the engine builds on its own thread (the server answers /health "starting" meanwhile);
+        # the URL is printed once it can serve, so the first user does not wait for the build
+        print("Warming up the engine…", file=sys.stderr, flush=True)
+        chat_stream.service.warm(wait=True)
+    except ChatStreamLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        server.stop()
+        chat_stream.close()
+        return 2
     print(f"Serving {model.name} at {page_url(server.url, token)}  (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()  # the main thread keeps Python's own SIGINT -> KeyboardInterrupt

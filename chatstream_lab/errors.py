@@ -10,6 +10,8 @@ data that explains it (not just text). HTTP status codes are mapped in one place
     ├── ModelLoadError                    model or bundled package missing, bad dtype/device
     ├── TemplateError                     unknown preset, template that cannot render
     ├── GenerationError                   the model failed while generating
+    │   └── EngineUnavailable             the generator cannot serve now (HTTP 503 + Retry-After)
+    │       └── EngineClosed              it was closed, or the endpoint stopped (503)
     ├── AdmissionError
     │   └── QueueFull                     every slot busy and the queue is full (HTTP 429)
     ├── SessionError
@@ -50,7 +52,13 @@ class GenerationError(ChatStreamLabError):
 
 
 class EngineUnavailable(GenerationError):
-    """The generator cannot serve now (its thread died, or every upstream is down): HTTP 503."""
+    """The generator cannot serve now (its build failed, its thread died, or every upstream is
+    down): HTTP 503 with ``Retry-After``."""
+
+
+class EngineClosed(EngineUnavailable):
+    """The generator was closed, or the endpoint serving it was stopped: HTTP 503. Create a new
+    one (or call ``Lab.serve`` / ``start`` again)."""
 
 
 class AdmissionError(ChatStreamLabError):

@@ -10,7 +10,8 @@ from ..config import SamplingParams
 
 
 class Backend(str, Enum):
-    """What runs a model (``LoadedModel.backend``; shown in ``/stats``, ``/v1/models``, the Lab)."""
+    """What runs a model (``LoadedModel.backend``; shown in ``/stats``, ``/v1/models``, the Lab).
+    What its generator can *do* is declared by the engine: ``Service.capabilities``."""
 
     TORCH = "torch"  # the in-process batching engine on a transformers model
     OPENVINO = "openvino"  # OpenVINO GenAI's continuous-batching pipeline on an exported IR
@@ -19,12 +20,6 @@ class Backend(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-    @property
-    def reports_logprobs(self) -> bool:
-        """Token log-probabilities with alternatives, and scoring: only where our sampler runs on
-        the model's own logits (OpenVINO and remote servers do not hand them over)."""
-        return self in (Backend.TORCH, Backend.SCRIPTED)
 
 
 @dataclass(frozen=True, eq=False)

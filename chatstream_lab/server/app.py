@@ -31,12 +31,13 @@ from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
+from ..engine.core.protocol import EngineState
 from ..errors import ConfigError
 from ..service import Service
 from . import openai_routes, web
 from .auth import BearerAuthMiddleware
 from .chatstream import ChatStream
-from .errors import ErrorShieldMiddleware, install_handlers
+from .errors import RETRY_AFTER_S, ErrorShieldMiddleware, install_handlers
 from .framing import MESSAGE_ID_HEADER
 from .timeouts import DEFAULT_BODY_TIMEOUT_S, BodyTimeoutMiddleware
 
@@ -87,6 +88,7 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.attach()  # served again after a stop
+        service.warm()  # the engine builds on its own thread; /health says "starting" meanwhile
         yield
         if close_on_shutdown:
             cs.close()
@@ -155,17 +157,21 @@ def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """200 while the generator can serve, 503 when it cannot (for a load balancer)."""
+        """200 while the generator can serve; 503 with ``Retry-After`` while its engine is still
+        being built (``starting``) or when it cannot serve (for a load balancer)."""
         state = service.health()
-        return JSONResponse({"status": "ok" if state.ok else "unavailable", "engine": state.as_dict()},
-                            status_code=200 if state.ok else 503)
+        if state.ok:
+            return JSONResponse({"status": "ok", "engine": state.as_dict()})
+        status = "starting" if state.state is EngineState.STARTING else "unavailable"
+        return JSONResponse({"status": status, "engine": state.as_dict()}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/stats")
     async def stats(history: bool = False) -> JSONResponse:
         snap = service.stats(with_history=history)
         limits = service.limits
         return JSONResponse({**snap.as_dict(with_history=history), "model": service.model.name,
-                             "backend": str(getattr(service.model, "backend", "torch")),
+                             "backend": service.backend,
                              "limit": limits.num_of_concurrent_executions,
                              "max_queue_size": limits.max_queue_size,
                              "sessions": {**cs.sessions.usage(), "feedback_records": len(cs.feedback),

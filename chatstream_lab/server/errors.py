@@ -24,6 +24,7 @@ from ..errors import (
     AdmissionError,
     ChatStreamLabError,
     ConfigError,
+    EngineClosed,
     EngineUnavailable,
     InvalidParameter,
     NothingToRegenerate,
@@ -105,6 +106,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, 400, "invalid_request"),
     (TemplateError, 422, "template_error"),
     (Unauthorized, 401, "unauthorized"),
+    (EngineClosed, 503, "engine_closed"),
     (EngineUnavailable, 503, "engine_unavailable"),
 )
 

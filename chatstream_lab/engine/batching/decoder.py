@@ -19,47 +19,33 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..config import SamplingParams
-from ..types import Delta, Finished, FinishReason, RequestId, TokenLogprob, TopLogprob
-from .detokenize import Detokenizer, DetokenizerFactory, TokenPieces, special_stop_ids
-from .lifecycle import make_usage
-from .protocol import StepBackend
+from ...config import SamplingParams
+from ...errors import GenerationError
+from ...structured import TokenMasks, grammars_for
+from ...structured.matcher import MaskOutcome, RowMatcher
+from ...types import FinishReason, RequestId, TokenLogprob, TopLogprob
+from ..core.detokenize import TokenPieces
+from ..core.protocol import StepBackend
+from ..core.rows import OutputRow, RowFactory
+from ..core.stream import RequestStream
 from .sampling import make_generator, sample_token
-from .stream import RequestStream
-from .textfilter import TextFilter
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class Row:
-    """One request inside the decoder."""
+@dataclass(eq=False, kw_only=True)
+class Row(OutputRow):
+    """One request inside the decoder: the shared output pipeline plus its sampling state."""
 
-    stream: RequestStream
-    prompt_ids: list[int]
-    params: SamplingParams
-    stop_ids: frozenset[int]
-    detok: Detokenizer
-    text_filter: TextFilter
-    generator: torch.Generator | None
+    generator: torch.Generator | None = None
     session_key: str | None = None  # the backend keeps this row's KV for the session's next turn
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_admit: float = 0.0
-    t_first: float | None = None
-    generated: list[int] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
     prefill: Any = None  # the backend's handle while the prompt is on its way in
-    finished: Finished | None = None
     _seen: torch.Tensor | None = None
-
-    @property
-    def id(self) -> RequestId:
-        return self.stream.id
 
     def seen(self) -> torch.Tensor:
         """Ids the repetition penalty looks at (prompt + reply, as HF does)."""
@@ -68,12 +54,36 @@ class Row:
         return self._seen
 
     def record(self, token: int) -> None:
-        self.generated.append(token)
+        super().record(token)
         if self._seen is not None:
             self._seen = torch.cat([self._seen, torch.tensor([token])])
 
 
 RetireFn = Callable[[Row], None]
+
+
+def new_row(rows: RowFactory, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
+            stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
+            stop_token_ids: Sequence[int] = (), session_key: str | None = None, *,
+            vocab_size: int | None = None) -> Row:
+    """A request's row: the shared output pipeline, plus its own sampling generator and, for a
+    constrained request, its grammar (compiled here, on the submitting thread: a schema that
+    cannot be compiled raises InvalidParameter before anything is queued)."""
+    stops = rows.stops(params, stop_strings, stop_token_ids)
+    matcher = None
+    if params.constraint is not None:
+        width = vocab_size or len(rows.tokenizer)
+        matcher = grammars_for(rows.tokenizer, width, sorted(stops.ids)).matcher(params.constraint)
+    return rows.new_row(Row, stream, prompt_ids, params, stops, output_replacements,
+                        generator=None if params.greedy else make_generator(params.seed),
+                        session_key=session_key, constraint=matcher)
+
+
+def logits_width(loaded: Any) -> int | None:
+    """The width of the model's logits (its config's vocabulary; the tokenizer's for a model
+    without one): what a grammar's token mask covers."""
+    size = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
 _NO_IDS = torch.tensor([], dtype=torch.long)
 
 
@@ -111,12 +121,14 @@ def logprob_rows(params: Sequence[SamplingParams], logits: torch.Tensor) -> list
     return out
 
 
-def token_logprob(pieces: TokenPieces, token: int, row_lp: RowLogprobs) -> TokenLogprob:
-    """The chosen ``token`` with its logprob and the row's top-K alternatives."""
+def token_logprob(pieces: TokenPieces, token: int, row_lp: RowLogprobs,
+                  allowed: float | None = None) -> TokenLogprob:
+    """The chosen ``token`` with its logprob and the row's top-K alternatives (raw, as the
+    model gave them) and, for a constrained row, the share of raw probability its grammar allowed."""
     text, raw = pieces(token)
     top = tuple(TopLogprob(tid, pieces(tid)[0], value, pieces(tid)[1])
                 for tid, value in zip(row_lp.top_ids, row_lp.top_values))
-    return TokenLogprob(token, text, float(row_lp.logprobs[token]), top, raw)
+    return TokenLogprob(token, text, float(row_lp.logprobs[token]), top, raw, allowed)
 
 
 class BatchDecoder:
@@ -124,37 +136,34 @@ class BatchDecoder:
 
     Args:
         loaded: the model (tokenizer, stop token ids, context window).
-        backend: the :class:`~chatstream_lab.engine.protocol.StepBackend` that runs the forwards.
+        backend: the :class:`~chatstream_lab.engine.core.protocol.StepBackend` that runs the forwards.
         on_retire: called once per row when it leaves (the engine frees the slot there).
         on_first_token: called when a row samples its first token (time to first token).
         prefill_chunk: prompt tokens prefilled per step while other rows decode.
+        rows: the row factory to share (default: one made here for ``loaded``).
     """
 
     def __init__(self, loaded: Any, backend: StepBackend[Any], *, on_retire: RetireFn,
-                 on_first_token: Callable[[Row], None] | None = None, prefill_chunk: int = 256) -> None:
+                 on_first_token: Callable[[RequestId], None] | None = None, prefill_chunk: int = 256,
+                 rows: RowFactory | None = None) -> None:
         self.loaded = loaded
         self.backend = backend
-        self.detokenizers = DetokenizerFactory(loaded.tokenizer)
-        self.pieces = self.detokenizers.pieces()
+        self.rows = rows if rows is not None else RowFactory(loaded, on_first_token=on_first_token)
+        self.pieces = self.rows.pieces()
         self._on_retire = on_retire
-        self._on_first_token = on_first_token
         self.prefill_chunk = prefill_chunk
         self.pending: list[Row] = []  # admitted, prompt not yet in the batch
         self.active: dict[RequestId, Row] = {}  # joined rows
         self._last_token: dict[RequestId, int] = {}
+        self.vocab_size = logits_width(loaded)
+        self._masks = TokenMasks(self.vocab_size or len(self.rows.tokenizer))
 
     # -- building rows -------------------------------------------------------------------
     def make_row(self, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
                  stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
                  stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
-        stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
-        stop_ids = (set(self.loaded.stop_token_ids) | set(stop_token_ids)
-                    | special_stop_ids(self.loaded.tokenizer, stops))
-        return Row(
-            stream=stream, prompt_ids=list(prompt_ids), params=params, stop_ids=frozenset(stop_ids),
-            detok=self.detokenizers(), text_filter=TextFilter(stops, tuple(output_replacements)),
-            generator=None if params.greedy else make_generator(params.seed), session_key=session_key,
-        )
+        return new_row(self.rows, stream, prompt_ids, params, stop_strings, output_replacements,
+                       stop_token_ids, session_key, vocab_size=self.vocab_size)
 
     # -- the step ------------------------------------------------------------------------
     @property
@@ -203,7 +212,7 @@ class BatchDecoder:
         if logits is None:
             return
         self.pending.pop(0)
-        self._take(row, logits)
+        self._sample([row], logits.unsqueeze(0))
         if row.finished is None:
             self.backend.join(row.id, row.prefill)
             self.active[row.id] = row
@@ -236,9 +245,7 @@ class BatchDecoder:
             for row in group:
                 self._fail(row, exc)
             return
-        lps = logprob_rows([r.params for r in group], logits)
-        for row, row_logits, lp in zip(group, logits, lps):
-            self._take(row, row_logits, lp)
+        self._sample(group, logits)
         keep = [i for i, row in enumerate(group) if row.finished is None]
         if keep:
             self.backend.join([group[i].id for i in keep], pf, keep)
@@ -262,14 +269,31 @@ class BatchDecoder:
                 self._last_token.pop(row.id, None)
                 self._on_retire(row)
             return
-        lps = logprob_rows([r.params for r in rows], logits)
-        for row, row_logits, lp in zip(rows, logits, lps):
-            self._take(row, row_logits, lp)
+        self._sample(rows, logits)
 
-    def _take(self, row: Row, logits: torch.Tensor, lp: RowLogprobs | None = None) -> None:
-        """Sample, detokenize, filter and emit one token of ``row`` (with its logprobs if asked)."""
-        if lp is None and row.params.logprobs is not None:
-            lp = logprob_rows([row.params], logits.unsqueeze(0))[0]
+    def _sample(self, rows: Sequence[Row], logits: torch.Tensor) -> None:
+        """One token for each of ``rows`` from their logits ``[rows, V]``: raw logprobs first (for
+        the rows that asked), then the grammars' masks on the raw logits (constrained rows only;
+        a row whose grammar allows nothing fails alone), then each row's own sampling."""
+        lps = logprob_rows([r.params for r in rows], logits)
+        masked = self._constrain(rows, logits, lps)
+        for i, (row, row_logits, lp) in enumerate(zip(rows, logits, lps)):
+            if i in masked.dead:
+                self._fail(row, GenerationError("the reply's grammar allows no token here"))
+                continue
+            self._take(row, row_logits, lp, masked.allowed[i])
+
+    def _constrain(self, rows: Sequence[Row], logits: torch.Tensor,
+                   lps: Sequence[RowLogprobs | None]) -> MaskOutcome:
+        matchers = [r.constraint if isinstance(r.constraint, RowMatcher) else None for r in rows]
+        if not any(m is not None for m in matchers):
+            return MaskOutcome(frozenset(), (None,) * len(rows))
+        return self._masks.constrain(logits, matchers, [lp.logprobs if lp is not None else None for lp in lps])
+
+    def _take(self, row: Row, logits: torch.Tensor, lp: RowLogprobs | None = None,
+              allowed: float | None = None) -> None:
+        """Sample one token of ``row`` and hand it (with its logprobs if asked) to the row's output
+        pipeline, which detokenizes, filters, emits and ends the row when due."""
         # the ids seen so far matter only to the repetition penalty: build them only then
         seen = row.seen() if row.params.repetition_penalty != 1.0 else _NO_IDS
         try:
@@ -277,48 +301,20 @@ class BatchDecoder:
         except Exception as exc:
             self._fail(row, exc)
             return
-        row.record(token)
         self._last_token[row.id] = token
-        if row.t_first is None:
-            row.t_first = time.perf_counter()
-            if self._on_first_token:
-                self._on_first_token(row)
-        if token in row.stop_ids:
-            self._flush(row)
-            self._finish(row, FinishReason.STOP)
-            return
-        result = row.text_filter.push(row.detok.add(token))
-        self._emit(row, result.text, (token,), () if lp is None else (token_logprob(self.pieces, token, lp),))
-        if result.stopped:
-            self._finish(row, FinishReason.STOP)
-        elif len(row.generated) >= self._max_new(row):
-            self._flush(row)
-            self._finish(row, FinishReason.LENGTH)
-
-    def _max_new(self, row: Row) -> int:
-        room = self.loaded.context_window - len(row.prompt_ids)
-        return max(1, min(row.params.max_new_tokens, int(room)))
-
-    def _emit(self, row: Row, text: str, token_ids: tuple[int, ...],
-              logprobs: tuple[TokenLogprob, ...] = ()) -> None:
-        if text:
-            row.parts.append(text)
-        row.stream._push(Delta(row.id, text, token_ids, logprobs))
-
-    def _flush(self, row: Row) -> None:
-        tail = row.text_filter.push(row.detok.finalize(), final=True).text
-        if tail:
-            self._emit(row, tail, ())
+        row.take(token, None if lp is None else token_logprob(self.pieces, token, lp, allowed))
+        if row.finished is not None:
+            self._finished(row)
 
     def _fail(self, row: Row, exc: BaseException) -> None:
-        self._finish(row, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
+        if row.fail(exc):
+            self._finished(row)
 
     def _finish(self, row: Row, reason: FinishReason, error: str | None = None) -> None:
-        if row.finished is not None:
-            return
-        usage = make_usage(len(row.prompt_ids), len(row.generated), t_submit=row.t_submit,
-                           t_admit=row.t_admit, t_first=row.t_first)
-        row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
+        if row.finish(reason, error):
+            self._finished(row)
+
+    def _finished(self, row: Row) -> None:
         if row.id not in self.active:  # never joined (pending / failed prefill): retire now
             self._release_session(row)
             self._on_retire(row)
