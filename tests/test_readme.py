@@ -35,4 +35,5 @@ def test_readme_python_snippets_run(real_model, tmp_path) -> None:
                           env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Paris" in proc.stdout
+    assert "get_weather {'city': " in proc.stdout and "<tool_response>" in proc.stdout  # the tool loop ran
     assert "http://127.0.0.1:" in proc.stdout and " True" in proc.stdout  # served the previewed config
