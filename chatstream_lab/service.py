@@ -27,7 +27,9 @@ from .engine.core.stream import RequestStream
 from .engine.factory import backend_name, build_generator, capabilities_of
 from .errors import ConfigError, EngineClosed
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
+from .prompts.output_format import OutputFormat
 from .prompts.resolve import resolve_served_template
+from .prompts.tools import ToolSpec
 from .stats import KVCacheStats, PrometheusExporter, StatsRecorder, StatsSnapshot
 from .types import ReplyScore
 
@@ -228,18 +230,26 @@ class Service:
         return self._m.exporter
 
     # -- requests -------------------------------------------------------------------------------
-    def encode(self, messages: str | Sequence[Any], config: ServeConfig | None = None) -> EncodedPrompt:
-        """The prompt ``config``'s template (default: the served one) makes of ``messages``."""
-        return encode_messages((config or self.config).template, self.model.tokenizer, messages)
+    def encode(self, messages: str | Sequence[Any], config: ServeConfig | None = None, *,
+               tools: ToolSpec | None = None) -> EncodedPrompt:
+        """The prompt ``config``'s template (default: the served one) makes of ``messages``
+        (with ``tools`` offered to the model, rendered as ``prompts.tools`` describes)."""
+        return encode_messages((config or self.config).template, self.model.tokenizer, messages, tools)
 
     def submit(self, messages: str | Sequence[Any], config: ServeConfig | None = None, *,
-               session_key: str | None = None) -> RequestStream:
+               session_key: str | None = None, output: OutputFormat | None = None) -> RequestStream:
         """Encode ``messages`` (a string is one user message) with ``config`` and submit it.
 
-        Raises QueueFull at once when every slot is busy and the queue is full.
+        ``output`` (``prompts.output_format``): the tools to offer (rendered into the prompt) and
+        the constraint the reply must match. Raises QueueFull at once when every slot is busy and
+        the queue is full.
         """
         config = config or self.config
-        return self.submit_encoded(self.encode(messages, config), config.params, session_key=session_key)
+        params = config.params
+        if output is not None and output.constraint is not None:
+            params = params.replace(constraint=output.constraint)
+        tools = output.tools if output is not None else None
+        return self.submit_encoded(self.encode(messages, config, tools=tools), params, session_key=session_key)
 
     def submit_encoded(self, encoded: EncodedPrompt, params: SamplingParams | None = None, *,
                        session_key: str | None = None) -> RequestStream:

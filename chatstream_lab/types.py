@@ -106,6 +106,10 @@ class TokenLogprob:
     ``ends_reply`` marks the stop token that ended a reply (EOS, or a stop string that is a special
     token): it is reported, with its logprob (how sure the model was to stop), as every other
     generated token, but its text is not part of the reply.
+
+    ``allowed`` is set for a constrained reply (``SamplingParams.constraint``): the share of the
+    raw probability that the grammar allowed at this position (1.0: the model wanted to write
+    something valid anyway; near 0: the grammar overrode it). None for a free reply.
     """
 
     token_id: int
@@ -114,6 +118,7 @@ class TokenLogprob:
     top: tuple[TopLogprob, ...] = ()
     raw: bytes = b""
     ends_reply: bool = False
+    allowed: float | None = None
 
     @property
     def prob(self) -> float:

@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "chatstream_lab"
 # layer -> the parts in it; a part may import parts of lower layers (and of its own layer where
 # SAME_LAYER_OK allows it)
 LAYERS: list[set[str]] = [
-    {"types", "errors", "config"},
-    {"models", "prompts", "admission", "sessions", "stats"},
+    {"types", "errors", "config", "constraint"},
+    {"models", "prompts", "structured", "admission", "sessions", "stats"},
     {"engine"},
     {"service"},
     {"server", "notebook"},
@@ -25,6 +25,8 @@ LAYERS: list[set[str]] = [
 ]
 SAME_LAYER_OK = {
     ("config", "errors"), ("config", "types"), ("errors", "types"),
+    ("config", "constraint"), ("constraint", "errors"),
+    ("prompts", "structured"),  # a request's schemas are checked where they are read
     ("notebook", "server"),  # Endpoint serves the app; the server never imports the notebook
     ("cli", "console"), ("lab", "notebook"),
 }

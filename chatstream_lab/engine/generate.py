@@ -67,7 +67,8 @@ class InlineStream:
         return self.finished.text
 
 
-def stream(model: Any, messages: str | list[Message], template: Any = None, **params: Any
+def stream(model: Any, messages: str | list[Message], template: Any = None, *, response_format: Any = None,
+           tools: Any = None, tool_choice: Any = None, parallel_tool_calls: bool | None = None, **params: Any
            ) -> InlineStream | EngineInlineStream:
     """Stream a reply to ``messages`` token by token.
 
@@ -79,6 +80,11 @@ def stream(model: Any, messages: str | list[Message], template: Any = None, **pa
         **params: :class:`~chatstream_lab.config.SamplingParams` fields (``max_new_tokens``,
             ``temperature`` (0 = greedy), ``top_k``, ``top_p``, ``min_p``,
             ``repetition_penalty``, ``seed``, ``stop``).
+        response_format: the reply must match it: a pydantic model class, a JSON schema dict,
+            OpenAI's ``response_format`` object or a :class:`~chatstream_lab.constraint.Constraint`.
+        tools / tool_choice / parallel_tool_calls: tools the model may call (OpenAI's shapes); the
+            calls stream as ``<tool_call>{json}</tool_call>`` text
+            (``prompts.tool_stream.split_tool_calls`` reads them).
 
     Yields:
         ``Delta`` events (``.text``), then exactly one ``Finished`` (``.finish_reason``,
@@ -92,11 +98,16 @@ def stream(model: Any, messages: str | list[Message], template: Any = None, **pa
         ...     print(getattr(ev, "text", ""), end="")                  # doctest: +SKIP
     """
     from ..prompts import encode_messages
+    from ..prompts.output_format import output_format
     from ..prompts.resolve import resolve_served_template
     from .factory import capabilities_of
 
+    fmt = output_format(response_format, tools, tool_choice, parallel_tool_calls)
     sampling = SamplingParams().replace(**params)
-    encoded = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
+    if fmt.constraint is not None:
+        sampling = sampling.replace(constraint=fmt.constraint)
+    encoded = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages,
+                              fmt.tools)
     if not capabilities_of(model).inline:
         return EngineInlineStream(model, encoded, sampling)
     return InlineStream(model, list(encoded.ids), sampling, encoded.stop_strings,

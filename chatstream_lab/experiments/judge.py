@@ -2,10 +2,12 @@
 with a rubric, and parses its verdict.
 
 The judge is asked for a small JSON object, ``{"verdict": "pass" | "fail", "reason": "..."}``
-(:data:`VERDICT_SCHEMA`). Today the verdict is parsed from free text: the first JSON object in the
-reply, else a bare PASS / FAIL. Constrained decoding (a ``response_format`` with that schema) goes
-in :func:`judge_config` once engines declare grammar support. A reply with no verdict gives the
-cell a :class:`~chatstream_lab.experiments.rows.CheckError` with the reply, never a guess.
+(:data:`VERDICT_SCHEMA`). Where the judge's engine declares grammar support
+(``capabilities.grammar``: torch, OpenVINO, remote upstreams) the reply is constrained to that
+schema, so even a small model answers with a parseable verdict; elsewhere the verdict is parsed
+from free text: the first JSON object in the reply, else a bare PASS / FAIL. A reply with no
+verdict gives the cell a :class:`~chatstream_lab.experiments.rows.CheckError` with the reply, never
+a guess.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from typing import Any
 
 from ..config import ServeConfig
+from ..constraint import Constraint
 from ..errors import ConfigError, QueueFull
 
 VERDICT_SCHEMA = {
@@ -52,13 +55,13 @@ def parse_verdict(text: str) -> bool:
 
 
 def judge_config(lab: Any, variant: Any, max_new_tokens: int) -> ServeConfig:
-    """The judge's configuration: ``variant`` of the judge Lab, greedy.
-
-    The one place where the verdict schema becomes a constraint: once the judge's engine declares
-    grammar support (``capabilities.grammar``), pass ``response_format`` = VERDICT_SCHEMA here.
-    """
+    """The judge's configuration: ``variant`` of the judge Lab, greedy, and constrained to
+    :data:`VERDICT_SCHEMA` where its engine declares grammar support."""
     config = lab.config if variant is None else lab.variant(variant)
-    return config.replace(temperature=0.0, max_new_tokens=max_new_tokens)
+    changes: dict[str, Any] = {"temperature": 0.0, "max_new_tokens": max_new_tokens}
+    if lab.service.capabilities.grammar:
+        changes["constraint"] = Constraint.json_schema(VERDICT_SCHEMA, name="verdict")
+    return config.replace(**changes)
 
 
 class Judge:

@@ -175,13 +175,15 @@ def _value_from_json(value: Any) -> CheckValue | None:
 
 def _token_to_list(t: TokenLogprob) -> list[Any]:
     return [t.token_id, t.text, t.logprob, t.raw.hex(), [[a.token_id, a.text, a.logprob, a.raw.hex()] for a in t.top],
-            t.ends_reply]
+            t.ends_reply, t.allowed]
 
 
 def _token_from_list(v: Sequence[Any]) -> TokenLogprob:
     top = tuple(TopLogprob(int(a[0]), a[1], float(a[2]), bytes.fromhex(a[3])) for a in v[4])
     ends_reply = bool(v[5]) if len(v) > 5 else False  # rows saved before the stop token was reported
-    return TokenLogprob(int(v[0]), v[1], float(v[2]), top, bytes.fromhex(v[3]), ends_reply)
+    allowed = float(v[6]) if len(v) > 6 and v[6] is not None else None
+    return TokenLogprob(int(v[0]), v[1], float(v[2]), top, bytes.fromhex(v[3]), ends_reply=ends_reply,
+                        allowed=allowed)
 
 
 __all__ = ["CheckError", "CheckValue", "GridInput", "GridRow", "RowOrigin", "RowStatus", "numeric"]

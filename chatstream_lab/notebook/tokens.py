@@ -10,7 +10,9 @@ clicked token selects itself there) and one button per alternative; clicking one
 
 The stop token that ended a reply (``TokenLogprob.ends_reply``) is not part of the reply's text:
 it shows as a muted end marker with its probability (how sure the model was to stop), and
-branching there continues the reply instead of stopping.
+branching there continues the reply instead of stopping. A token of a constrained reply
+(``TokenLogprob.allowed``) is underlined from red (the grammar allowed little of what the model
+wanted there) to green (the model wanted a valid token anyway).
 """
 
 from __future__ import annotations
@@ -43,10 +45,17 @@ def end_label(t: TokenLogprob) -> str:
     return f"end of reply {100 * math.exp(t.logprob):.0f}%"
 
 
+def allowed_label(t: TokenLogprob) -> str:
+    """``grammar allowed 12.5%``: how much of the raw probability a constraint left (or "")."""
+    return "" if t.allowed is None else f"grammar allowed {100 * t.allowed:.1f}%"
+
+
 def _alternatives(i: int, t: TokenLogprob) -> str:
     """The popup's content: the token (its position), then the alternatives, the chosen one ticked."""
     rows = "".join(f"<div class='csl-alt'>{'✓ ' if a.token_id == t.token_id else '  '}"
                    f"{escape(alternative_label(a))}</div>" for a in t.top)
+    if t.allowed is not None:
+        rows += f"<div class='csl-alt'><b>{escape(allowed_label(t))}</b></div>"
     head = f"{end_label(t)} ({alternative_label(t)})" if t.ends_reply else alternative_label(t)
     return (f"<span class='csl-alts' style='display:none'><div class='csl-alt-head'>token {i}: "
             f"{escape(head)}</div>{rows}</span>")
@@ -57,7 +66,10 @@ def _token_span(i: int, t: TokenLogprob) -> str:
         return (f"<span class='csl-tok csl-end' data-i='{i}'>■ end {100 * math.exp(t.logprob):.0f}%"
                 f"{_alternatives(i, t)}</span>")
     text = escape(t.text.replace("\n", "↵\n"))
-    return (f"<span class='csl-tok' data-i='{i}' style='background:{prob_colour(t.logprob)}'>{text}"
+    underline = ""
+    if t.allowed is not None:  # a constrained token: underlined red (grammar overrode) .. green (model agreed)
+        underline = f";border-bottom:3px solid {prob_colour(math.log(max(t.allowed, 1e-12))).replace('85%)', '45%)')}"
+    return (f"<span class='csl-tok' data-i='{i}' style='background:{prob_colour(t.logprob)}{underline}'>{text}"
             f"{_alternatives(i, t)}</span>")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import TemplateError
 from ..types import Message
+from .tools import ToolSpec, prepare
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +37,12 @@ def as_messages(messages: str | Sequence[Message] | Sequence[dict[str, Any]]) ->
     return [dict(m) for m in messages]
 
 
-def encode_messages(template: Any, tokenizer: Any, messages: str | Sequence[Any]) -> EncodedPrompt:
+def encode_messages(template: Any, tokenizer: Any, messages: str | Sequence[Any],
+                    tools: ToolSpec | None = None) -> EncodedPrompt:
     """Render + tokenize ``messages`` with a resolved ``template`` (forge-safe), ending in an open
-    assistant turn."""
-    msgs = as_messages(messages)
+    assistant turn. ``tools`` (and any ``tool`` messages or assistant ``tool_calls`` in the
+    history) are rendered by the template when it renders tools, else as :mod:`.tools` describes."""
+    template, msgs = prepare(template, as_messages(messages), tools)
     if tokenizer is None and template is None:  # a remote model's own template renders them
         return EncodedPrompt((), messages=tuple({"role": str(m["role"]), "content": str(m["content"])}
                                                 for m in msgs))

@@ -71,13 +71,21 @@ def _pieces(tokenizer: Any, ids: list[int]) -> list[str]:
 
 def inspect_prompt(template: Any, tokenizer: Any, messages: Sequence[dict[str, Any]],
                    context_window: int | None = None,
-                   add_generation_prompt: bool = True) -> PromptInspection:
+                   add_generation_prompt: bool = True, *, tools: Any = None,
+                   tool_choice: Any = None) -> PromptInspection:
     """Render and encode ``messages`` with ``template`` (None / preset name / object) and lint them.
 
     ``context_window`` defaults to the tokenizer's ``model_max_length`` when that is a real number.
+    ``tools`` (OpenAI's list or :class:`~chatstream_lab.prompts.tools.Tool` objects) shows the
+    prompt a tool-calling request gets: the template's own tools rendering, or the tools system
+    prompt this package adds for templates without one; ``tool`` messages and assistant
+    ``tool_calls`` in ``messages`` are shown as the model gets them.
     """
-    tmpl = resolve_template(template, tokenizer)
-    msgs = check_messages(messages)
+    from .tools import prepare, tool_spec
+
+    tmpl, prepared = prepare(resolve_template(template, tokenizer), list(messages),
+                             tool_spec(tools, tool_choice))
+    msgs = check_messages(prepared)
     text = tmpl.render(msgs, add_generation_prompt=add_generation_prompt)
     ids = list(tmpl.encode(tokenizer, msgs, add_generation_prompt=add_generation_prompt))
     if context_window is None:

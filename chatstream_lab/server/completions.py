@@ -29,14 +29,17 @@ from fastapi import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config import SamplingParams
+from ..constraint import response_format_constraint
 from ..engine.core.validation import check_prompt, tokenizer_vocab_size
 from ..errors import InvalidParameter
 from ..prompts import EncodedPrompt
+from ..prompts.output_format import output_format
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent, TokenLogprob
 from .errors import BadRequest, error_body, public_generation_error
 from .framing import sse_comment
 from .logprobs_wire import CompletionLogprobs
 from .openai_requests import CompletionRequest, failure_response, to_params, usage_of
+from .openai_tools import with_constraint
 from .streaming import EventStreamResponse, collect_finals
 
 if TYPE_CHECKING:
@@ -162,6 +165,7 @@ async def completion(service: Service, req: CompletionRequest, request: Request)
                          "streaming, or one request per prompt", param="stream")
     base = req.model_copy(update={"max_tokens": 1}) if score_only else req
     params = to_params(base, service.default_params.replace(stop=()), service.request_limits)
+    params = with_constraint(params, output_format(response_format_constraint(req.response_format)))
     if not score_only:
         _check_batch_fits(service, len(batch))
     accumulators = [CompletionLogprobs() for _ in batch]

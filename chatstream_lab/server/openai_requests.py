@@ -8,6 +8,7 @@ Sampling fields map to ``SamplingParams`` (``max_tokens`` / ``max_completion_tok
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from fastapi.exceptions import RequestValidationError
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant", "developer"]
+    role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's earlier calls
+    tool_call_id: str | None = None  # a tool message: the call it answers
 
 
 class StreamOptions(BaseModel):
@@ -55,6 +58,10 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = None
     user: str | None = Field(default=None, max_length=256)
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
 
 
 class CompletionRequest(BaseModel):
@@ -76,6 +83,7 @@ class CompletionRequest(BaseModel):
     n: int = 1
     logprobs: int | None = None
     echo: bool = False
+    response_format: dict[str, Any] | None = None
 
 
 def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
@@ -91,15 +99,22 @@ def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
     return "".join(parts)
 
 
-def to_messages(req: ChatCompletionRequest, max_chars: int, max_messages: int = 256) -> list[dict[str, str]]:
+def to_messages(req: ChatCompletionRequest, max_chars: int, max_messages: int = 256) -> list[dict[str, Any]]:
     if len(req.messages) > max_messages:
         raise BadRequest(f"messages holds {len(req.messages)} entries; the limit is {max_messages} "
                          "(max_messages)", param="messages")
-    messages = []
+    messages: list[dict[str, Any]] = []
     for i, m in enumerate(req.messages):
         role = "system" if m.role == "developer" else m.role
-        messages.append({"role": role, "content": _text_content(i, m.content)})
-    total = sum(len(m["content"]) for m in messages)
+        message: dict[str, Any] = {"role": role, "content": _text_content(i, m.content)}
+        if m.tool_calls:
+            if role != "assistant":
+                raise BadRequest(f"messages[{i}]: only assistant messages carry tool_calls", param="messages")
+            message["tool_calls"] = m.tool_calls
+        if m.tool_call_id is not None:
+            message["tool_call_id"] = m.tool_call_id
+        messages.append(message)
+    total = sum(len(m["content"]) + len(json.dumps(m.get("tool_calls") or "")) for m in messages)
     if total > max_chars:
         raise BadRequest(f"the messages hold {total} characters; the limit is {max_chars}",
                          param="messages", status=413)

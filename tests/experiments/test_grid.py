@@ -200,11 +200,17 @@ def test_judge_parses_a_verdict_and_says_why_when_there_is_none(make_lab):
     judge_lab = make_lab('{"verdict": "fail", "reason": "not Paris"}')
     lab = make_lab()
     judge = csl.Judge(judge_lab, "names the capital city asked about", name="capital_ok")
+    # the engine declares grammar support: the verdict is constrained to the schema, so even a model
+    # that would babble answers with one; without the constraint its free text holds no verdict
+    held = csl.Judge(make_lab("I cannot decide."), "names the capital", name="held")
+    assert held.config.params.constraint is not None and judge.config.params.constraint is not None
     babbler = csl.Judge(make_lab("I cannot decide."), "names the capital", name="undecided")
-    result = lab.grid(QUESTIONS[:2], checks=[judge, babbler]).wait(60)
+    babbler.config = babbler.config.replace(constraint=None)
+    result = lab.grid(QUESTIONS[:2], checks=[judge, babbler, held]).wait(60)
     df = result.to_pandas()
     assert list(df["capital_ok"]) == [False, False]
     assert df["undecided"].isna().all() and df["undecided_error"].str.contains("no verdict").all()
+    assert df["held"].notna().all() and all('"verdict"' in reply for reply in held.replies)
     assert "Rubric: names the capital city asked about" in judge.messages("Paris", result.rows[0])[0]["content"]
     assert judge_lab.stats().completed == 2
 

@@ -4,6 +4,7 @@ in-kernel model and a real llama-server (``remote_model``)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -105,3 +106,16 @@ def test_one_table_over_the_in_kernel_model_and_a_real_llama_server(openvino_mod
         assert c.n == len(CAPITALS)  # paired over the same inputs across the two models
     finally:
         lab.close()
+
+
+def test_a_judge_on_the_real_model_answers_with_a_verdict_the_schema_holds(real_model):
+    """The engine declares grammar, so the judge's reply is held to the verdict schema: every reply
+    of the 135M model parses and every cell holds a verdict."""
+    lab = csl.Lab(real_model, temperature=0, max_new_tokens=12, num_of_concurrent_executions=4, max_queue_size=4)
+    judge = csl.Judge(lab, "names the capital city asked about", name="capital_ok", max_new_tokens=24)
+    result = lab.grid([{"input": "What is the capital of France?", "reference": "Paris"},
+                       {"input": "What is the capital of Italy?", "reference": "Rome"}], checks=[judge]).wait(600)
+    df = result.to_pandas()
+    assert df["capital_ok"].notna().all(), df.to_dict("records")
+    assert len(judge.replies) == 2 and all(json.loads(r)["verdict"] in ("pass", "fail") for r in judge.replies)
+    lab.close()

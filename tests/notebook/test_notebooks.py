@@ -161,6 +161,24 @@ def test_04_token_probabilities():
     assert re.search(r"Paris:-?\d\.\d\d", _text(_cell(nb, "csl.score(lab.model")))
 
 
+def test_05_structured_output():
+    nb = _run("05_structured_output.ipynb")
+    assert "City(name=" in _text(_cell(nb, "city = lab.extract("))
+    assert _text(_cell(nb, "csl.Constraint.regex")).strip() in ("'yes'", "'no'")
+    assert "application/vnd.jupyter.widget-view+json" in _mimes(_cell(nb, "preview = lab.preview("))
+    glass = _text(_cell(nb, "await preview.wait()"))
+    assert "grammar allowed" in glass and "finish: stop" in glass
+    assert "<tools>" in _text(_cell(nb, "csl.inspect_prompt(None"))
+    assert "get_weather" in _text(_cell(nb, "reply = lab.generate(messages, tools="))
+    assert _text(_cell(nb, "call.result(result)")).strip()
+    http = _text(_cell(nb, "client.chat.completions.parse("))
+    assert "parsed: City(" in http and "call 0: get_weather (id call_" in http
+    fragments = re.search(r"argument fragments: (\[.*\])", http)
+    assert fragments and fragments.group(1).count("', '") >= 2  # arguments streamed in pieces
+    streamed = _text(_cell(nb, "for ev in csl.stream(lab.model"))
+    assert re.search(r'\{"colour": "(red|green|blue)"\}', streamed)
+
+
 def test_06_prompt_experiments():
     nb = _run("06_prompt_experiments.ipynb")
     assert "application/vnd.jupyter.widget-view+json" in _mimes(_cell(nb, "result = lab.grid(inputs"))

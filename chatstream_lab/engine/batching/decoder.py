@@ -25,6 +25,9 @@ from typing import Any
 import torch
 
 from ...config import SamplingParams
+from ...errors import GenerationError
+from ...structured import TokenMasks, grammars_for
+from ...structured.matcher import MaskOutcome, RowMatcher
 from ...types import FinishReason, RequestId, TokenLogprob, TopLogprob
 from ..core.detokenize import TokenPieces
 from ..core.protocol import StepBackend
@@ -61,11 +64,26 @@ RetireFn = Callable[[Row], None]
 
 def new_row(rows: RowFactory, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
             stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
-            stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
-    """A request's row: the shared output pipeline, plus its own sampling generator."""
-    return rows.new_row(Row, stream, prompt_ids, params, rows.stops(params, stop_strings, stop_token_ids),
-                        output_replacements, generator=None if params.greedy else make_generator(params.seed),
-                        session_key=session_key)
+            stop_token_ids: Sequence[int] = (), session_key: str | None = None, *,
+            vocab_size: int | None = None) -> Row:
+    """A request's row: the shared output pipeline, plus its own sampling generator and, for a
+    constrained request, its grammar (compiled here, on the submitting thread: a schema that
+    cannot be compiled raises InvalidParameter before anything is queued)."""
+    stops = rows.stops(params, stop_strings, stop_token_ids)
+    matcher = None
+    if params.constraint is not None:
+        width = vocab_size or len(rows.tokenizer)
+        matcher = grammars_for(rows.tokenizer, width, sorted(stops.ids)).matcher(params.constraint)
+    return rows.new_row(Row, stream, prompt_ids, params, stops, output_replacements,
+                        generator=None if params.greedy else make_generator(params.seed),
+                        session_key=session_key, constraint=matcher)
+
+
+def logits_width(loaded: Any) -> int | None:
+    """The width of the model's logits (its config's vocabulary; the tokenizer's for a model
+    without one): what a grammar's token mask covers."""
+    size = getattr(getattr(loaded.model, "config", None), "vocab_size", None)
+    return int(size) if isinstance(size, int) else None
 _NO_IDS = torch.tensor([], dtype=torch.long)
 
 
@@ -103,12 +121,14 @@ def logprob_rows(params: Sequence[SamplingParams], logits: torch.Tensor) -> list
     return out
 
 
-def token_logprob(pieces: TokenPieces, token: int, row_lp: RowLogprobs) -> TokenLogprob:
-    """The chosen ``token`` with its logprob and the row's top-K alternatives."""
+def token_logprob(pieces: TokenPieces, token: int, row_lp: RowLogprobs,
+                  allowed: float | None = None) -> TokenLogprob:
+    """The chosen ``token`` with its logprob and the row's top-K alternatives (raw, as the
+    model gave them) and, for a constrained row, the share of raw probability its grammar allowed."""
     text, raw = pieces(token)
     top = tuple(TopLogprob(tid, pieces(tid)[0], value, pieces(tid)[1])
                 for tid, value in zip(row_lp.top_ids, row_lp.top_values))
-    return TokenLogprob(token, text, float(row_lp.logprobs[token]), top, raw)
+    return TokenLogprob(token, text, float(row_lp.logprobs[token]), top, raw, allowed=allowed)
 
 
 class BatchDecoder:
@@ -135,13 +155,15 @@ class BatchDecoder:
         self.pending: list[Row] = []  # admitted, prompt not yet in the batch
         self.active: dict[RequestId, Row] = {}  # joined rows
         self._last_token: dict[RequestId, int] = {}
+        self.vocab_size = logits_width(loaded)
+        self._masks = TokenMasks(self.vocab_size or len(self.rows.tokenizer))
 
     # -- building rows -------------------------------------------------------------------
     def make_row(self, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
                  stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
                  stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
         return new_row(self.rows, stream, prompt_ids, params, stop_strings, output_replacements,
-                       stop_token_ids, session_key)
+                       stop_token_ids, session_key, vocab_size=self.vocab_size)
 
     # -- the step ------------------------------------------------------------------------
     @property
@@ -190,7 +212,7 @@ class BatchDecoder:
         if logits is None:
             return
         self.pending.pop(0)
-        self._take(row, logits)
+        self._sample([row], logits.unsqueeze(0))
         if row.finished is None:
             self.backend.join(row.id, row.prefill)
             self.active[row.id] = row
@@ -223,9 +245,7 @@ class BatchDecoder:
             for row in group:
                 self._fail(row, exc)
             return
-        lps = logprob_rows([r.params for r in group], logits)
-        for row, row_logits, lp in zip(group, logits, lps):
-            self._take(row, row_logits, lp)
+        self._sample(group, logits)
         keep = [i for i, row in enumerate(group) if row.finished is None]
         if keep:
             self.backend.join([group[i].id for i in keep], pf, keep)
@@ -249,15 +269,31 @@ class BatchDecoder:
                 self._last_token.pop(row.id, None)
                 self._on_retire(row)
             return
-        lps = logprob_rows([r.params for r in rows], logits)
-        for row, row_logits, lp in zip(rows, logits, lps):
-            self._take(row, row_logits, lp)
+        self._sample(rows, logits)
 
-    def _take(self, row: Row, logits: torch.Tensor, lp: RowLogprobs | None = None) -> None:
+    def _sample(self, rows: Sequence[Row], logits: torch.Tensor) -> None:
+        """One token for each of ``rows`` from their logits ``[rows, V]``: raw logprobs first (for
+        the rows that asked), then the grammars' masks on the raw logits (constrained rows only;
+        a row whose grammar allows nothing fails alone), then each row's own sampling."""
+        lps = logprob_rows([r.params for r in rows], logits)
+        masked = self._constrain(rows, logits, lps)
+        for i, (row, row_logits, lp) in enumerate(zip(rows, logits, lps)):
+            if i in masked.dead:
+                self._fail(row, GenerationError("the reply's grammar allows no token here"))
+                continue
+            self._take(row, row_logits, lp, masked.allowed[i])
+
+    def _constrain(self, rows: Sequence[Row], logits: torch.Tensor,
+                   lps: Sequence[RowLogprobs | None]) -> MaskOutcome:
+        matchers = [r.constraint if isinstance(r.constraint, RowMatcher) else None for r in rows]
+        if not any(m is not None for m in matchers):
+            return MaskOutcome(frozenset(), (None,) * len(rows))
+        return self._masks.constrain(logits, matchers, [lp.logprobs if lp is not None else None for lp in lps])
+
+    def _take(self, row: Row, logits: torch.Tensor, lp: RowLogprobs | None = None,
+              allowed: float | None = None) -> None:
         """Sample one token of ``row`` and hand it (with its logprobs if asked) to the row's output
         pipeline, which detokenizes, filters, emits and ends the row when due."""
-        if lp is None and row.params.logprobs is not None:
-            lp = logprob_rows([row.params], logits.unsqueeze(0))[0]
         # the ids seen so far matter only to the repetition penalty: build them only then
         seen = row.seen() if row.params.repetition_penalty != 1.0 else _NO_IDS
         try:
@@ -266,7 +302,7 @@ class BatchDecoder:
             self._fail(row, exc)
             return
         self._last_token[row.id] = token
-        row.take(token, None if lp is None else token_logprob(self.pieces, token, lp))
+        row.take(token, None if lp is None else token_logprob(self.pieces, token, lp, allowed))
         if row.finished is not None:
             self._finished(row)
 

@@ -37,7 +37,7 @@ from .decoder import BatchDecoder, Row, new_row
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_KV_BUDGET_MB = 512.0  # ~11k positions of SmolLM2-135M fp32 (45 KiB each)
-CAPABILITIES = Capabilities(logprobs=True, scoring=True, kv_reuse=True, inline=True)
+CAPABILITIES = Capabilities(logprobs=True, scoring=True, grammar=True, kv_reuse=True, inline=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +147,7 @@ class Engine(HostedGenerator):
         self._host.check_can_serve()
         stream = RequestStream(self.lifecycle.new_id(), self._host.cancel)
         row = new_row(self._rows, stream, ids, params, stop_strings, output_replacements,
-                      stop_token_ids, session_key)
+                      stop_token_ids, session_key, vocab_size=self.vocab_size)
         self._host.enqueue(row)
         return stream
 

@@ -44,7 +44,9 @@ import numpy as np
 
 from ...admission import AdmissionGate
 from ...config import Limits, SamplingParams
+from ...constraint import Constraint, ConstraintKind
 from ...errors import ConfigError, InvalidParameter, ModelLoadError
+from ...structured import check_constraint, portable_grammar_text
 from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from ..core.capabilities import Capabilities
 from ..core.host import EngineHost, HostedGenerator, check_gather_s
@@ -59,12 +61,12 @@ _YIELD_S = 0.0005
 NO_LOGPROBS = ("token log-probabilities and scoring need the weights' full distribution, which the "
                "OpenVINO backend does not report; load the model with backend='torch' for them")
 # OpenVINO keeps earlier turns by content in its block-level prefix cache
-CAPABILITIES = Capabilities(kv_reuse=True)
+CAPABILITIES = Capabilities(grammar=True, kv_reuse=True)
 
 # SamplingParams fields mapped onto GenerationConfig. Any other field that is not at its default
 # is refused with InvalidParameter naming it, so a parameter added later is never silently ignored.
 MAPPED_FIELDS = frozenset({"max_new_tokens", "temperature", "top_k", "top_p", "min_p",
-                           "repetition_penalty", "seed", "stop"})
+                           "repetition_penalty", "seed", "stop", "constraint"})
 
 
 def _import_runtime() -> tuple[Any, Any]:
@@ -118,12 +120,31 @@ def generation_config(ov_genai: Any, params: SamplingParams, *, max_new_tokens: 
             cfg.top_k = int(params.top_k)
         cfg.min_p = float(params.min_p)
         cfg.rng_seed = int(params.seed) if params.seed is not None else random.getrandbits(63)
+    if params.constraint is not None:
+        cfg.structured_output_config = structured_output_config(ov_genai, params.constraint)
     try:
         cfg.validate()
     except Exception as exc:  # a C++ check message
         raise InvalidParameter(f"OpenVINO refused the generation parameters: {exc}",
                                name="params") from exc
     return cfg
+
+
+def structured_output_config(ov_genai: Any, constraint: Constraint) -> Any:
+    """A constraint as OpenVINO GenAI's ``StructuredOutputConfig`` (its built-in xgrammar).
+
+    Checked here first with our xgrammar (a bad schema is InvalidParameter, 400, before queueing).
+    A JSON schema, JSON object or regex goes as our compact grammar in plain EBNF (the same one the
+    torch engine applies: ``", "`` / ``": "`` separators, no free whitespace, which a small model
+    would otherwise fill until ``max_tokens``); a structural tag (tool calls) as its JSON.
+    """
+    check_constraint(constraint)
+    config = ov_genai.StructuredOutputConfig()
+    if constraint.kind is ConstraintKind.STRUCTURAL_TAG:
+        config.structural_tags_config = constraint.spec
+    else:
+        config.grammar = portable_grammar_text(constraint)
+    return config
 
 
 @dataclass(eq=False, kw_only=True)

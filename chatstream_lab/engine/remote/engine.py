@@ -38,6 +38,8 @@ import httpx
 from ...admission import AdmissionGate
 from ...config import Limits, SamplingParams
 from ...errors import ConfigError, EngineUnavailable, InvalidParameter
+from ...structured import check_constraint
+from ...structured.upstreams import upstream_fields
 from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from ..core.capabilities import Capabilities
 from ..core.host import HEARTBEAT_S, EngineHost, HostedGenerator
@@ -57,7 +59,7 @@ _NO_LOGPROBS = ("logprobs and scoring need the model's weights in this process; 
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = Capabilities(reply_token_ids=False, message_prompts=True, remote=True)
+CAPABILITIES = Capabilities(grammar=True, reply_token_ids=False, message_prompts=True, remote=True)
 _TICK_S = 0.05  # how often down upstreams are probed and a dead fleet fails its queue
 _BACKEND = "remote"
 
@@ -159,6 +161,9 @@ class RemoteEngine(HostedGenerator):
         msgs = tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages or ())
         if params is not None and params.logprobs is not None:
             raise InvalidParameter(_NO_LOGPROBS, name="logprobs")
+        if params is not None and params.constraint is not None:  # compiles and writes it, or 400 now
+            check_constraint(params.constraint)
+            upstream_fields(params.constraint)
         ids = check_prompt(prompt_ids, window=self._pool.window, vocab_size=tokenizer_vocab_size(self.model.tokenizer),
                            messages=msgs, takes_messages=True, engine="the remote engine")
         self.start()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from ...structured.upstreams import upstream_fields
 from ...types import FinishReason
 from ..core.rows import OutputRow
 from .upstreams import Upstream, UpstreamPool
@@ -111,7 +112,11 @@ class Failover:
         """The path and JSON body for one attempt."""
         body = sampling_body(row.params, stops=row.stops.strings, stop_token_ids=row.stop_token_ids,
                              model=self.pool.model_name(up))
-        if row.messages is not None and not row.prompt_ids:
+        chat = row.messages is not None and not row.prompt_ids
+        if row.params.constraint is not None:  # in each upstream's own fields (structured.upstreams)
+            body.update(upstream_fields(row.params.constraint))
+        if chat:
+            assert row.messages is not None
             body["messages"] = list(row.messages)
             return CHAT_COMPLETIONS, body
         if use_ids:
