@@ -9,7 +9,10 @@ data that explains it (not just text). HTTP status codes are mapped in one place
     │   └── InvalidParameter              a sampling / limit value out of range
     ├── ModelLoadError                    model or bundled package missing, bad dtype/device
     ├── TemplateError                     unknown preset, template that cannot render
+    ├── ModelClosed                       a LoadedModel used after close()
     ├── GenerationError                   the model failed while generating
+    │   └── EngineUnavailable             the generator cannot serve now (HTTP 503)
+    │       └── ShuttingDown              the server is stopping (HTTP 503 ``shutting_down``)
     ├── AdmissionError
     │   └── QueueFull                     every slot busy and the queue is full (HTTP 429)
     ├── SessionError
@@ -45,12 +48,21 @@ class TemplateError(ChatStreamLabError):
     """A prompt template is unknown or cannot render the conversation."""
 
 
+class ModelClosed(ChatStreamLabError):
+    """A :class:`~chatstream_lab.models.LoadedModel` was used after ``close()`` freed its weights."""
+
+
 class GenerationError(ChatStreamLabError):
     """The model raised while generating. The request ended with finish reason ``error``."""
 
 
 class EngineUnavailable(GenerationError):
     """The generator cannot serve now (its thread died, or every upstream is down): HTTP 503."""
+
+
+class ShuttingDown(EngineUnavailable):
+    """The server is stopping (SIGTERM, Ctrl-C, ``stop()``): it takes no new request. HTTP 503
+    ``shutting_down`` with ``Retry-After``: retry on another replica, or once it is back."""
 
 
 class AdmissionError(ChatStreamLabError):

@@ -24,7 +24,7 @@ from .config import Limits, RequestLimits, SamplingParams, ServeConfig
 from .engine.factory import build_generator
 from .engine.protocol import EngineHealth, Generator
 from .engine.stream import RequestStream
-from .errors import ConfigError
+from .errors import ConfigError, ShuttingDown
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
 from .stats import KVCacheStats, PrometheusExporter, StatsRecorder, StatsSnapshot
@@ -127,6 +127,7 @@ class Service:
         engine (``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``session_kv_budget_mb``,
         ``onednn``; for a remote model ``timeout_s``, ``retry_after_s``).
         """
+        _check_open(model)
         if config is None:
             resolved = resolve_served_template(template, model.tokenizer)
             if system_prompt is not None:
@@ -152,8 +153,20 @@ class Service:
         one (it must be idle); the recorder and its numbers are kept. Every view sees the change."""
         self._m.relimit(limits)
 
+    def stop_accepting(self) -> None:
+        """Refuse new requests through this view (:class:`~chatstream_lab.errors.ShuttingDown`,
+        HTTP 503) and let the open ones finish: the first step of a graceful stop."""
+        with self._streams_lock:
+            self._detached = True
+
+    @property
+    def accepting(self) -> bool:
+        """False from :meth:`stop_accepting` / :meth:`detach` until :meth:`attach`."""
+        return not self._detached
+
     def detach(self) -> None:
-        """Refuse new requests through this view and cancel its open ones (a tracked view's)."""
+        """Refuse new requests through this view and cancel its open ones (a tracked view's):
+        each ends with its engine's ``Finished(CANCELLED)`` within about a decode step."""
         with self._streams_lock:
             self._detached = True
             streams = list(self._streams or ())
@@ -228,12 +241,16 @@ class Service:
 
     def submit_encoded(self, encoded: EncodedPrompt, params: SamplingParams | None = None, *,
                        session_key: str | None = None) -> RequestStream:
-        """Submit an already-encoded prompt (``params`` default: the configuration's)."""
+        """Submit an already-encoded prompt (``params`` default: the configuration's).
+
+        Raises QueueFull (every slot busy, queue full), ShuttingDown (the view stops accepting),
+        ModelClosed (the model was closed).
+        """
+        _check_open(self.model)
         with self._streams_lock:
             if self._detached:
-                from .engine import EngineClosed
-
-                raise EngineClosed("this endpoint was stopped")
+                raise ShuttingDown("this endpoint is stopping and takes no new requests; retry on "
+                                   "another replica, or once it is back")
             extra: dict[str, Any] = {} if encoded.messages is None else {"messages": encoded.messages}
             stream = self.generator.start().submit(
                 encoded.ids, params or self.config.params, stop_strings=encoded.stop_strings,
@@ -298,3 +315,10 @@ def _request_limits(limits: RequestLimits | None, max_input_chars: int | None) -
     if max_input_chars is None or max_input_chars == limits.max_input_chars:
         return limits
     return dataclasses.replace(limits, max_input_chars=max_input_chars)
+
+
+def _check_open(model: Any) -> None:
+    """ModelClosed for a closed LoadedModel (other model objects have no lifecycle)."""
+    check = getattr(model, "check_open", None)
+    if callable(check):
+        check()

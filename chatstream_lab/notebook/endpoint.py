@@ -101,13 +101,20 @@ class Endpoint:
         """The same snapshot ``GET /stats`` returns."""
         return self.service.stats()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, drain_s: float = 0.0) -> None:
         """Stop the server: this endpoint's open streams are cancelled (their responses end with a
         final event), the thread is joined and the port freed. Idempotent. The Lab's engine keeps
-        running for previews."""
+        running for previews.
+
+        ``drain_s`` > 0: stop gracefully instead: new requests get 503 ``shutting_down`` while
+        the open replies may finish for up to ``drain_s`` seconds; the rest are then cancelled.
+        """
         self._stopped = True
-        self.service.detach()  # cancel this endpoint's generations first, so responses end promptly
-        self.server.stop(timeout)
+        if drain_s > 0:
+            self.server.stop(timeout, drain_s=drain_s)
+        else:
+            self.service.detach()  # cancel this endpoint's generations first, so responses end promptly
+            self.server.stop(timeout)
         with _LIVE_LOCK:
             _LIVE.discard(self)
 

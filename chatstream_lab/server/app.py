@@ -36,7 +36,7 @@ from ..service import Service
 from . import openai_routes, web
 from .auth import BearerAuthMiddleware
 from .chatstream import ChatStream
-from .errors import ErrorShieldMiddleware, install_handlers
+from .errors import RETRY_AFTER_S, ErrorShieldMiddleware, install_handlers
 from .framing import MESSAGE_ID_HEADER
 from .timeouts import DEFAULT_BODY_TIMEOUT_S, BodyTimeoutMiddleware
 
@@ -155,8 +155,12 @@ def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """200 while the generator can serve, 503 when it cannot (for a load balancer)."""
+        """200 while the generator can serve, 503 when it cannot or the server is stopping (for a
+        load balancer: it stops sending requests here while the open ones drain)."""
         state = service.health()
+        if not service.accepting:
+            return JSONResponse({"status": "shutting_down", "engine": state.as_dict()}, status_code=503,
+                                headers={"Retry-After": str(RETRY_AFTER_S)})
         return JSONResponse({"status": "ok" if state.ok else "unavailable", "engine": state.as_dict()},
                             status_code=200 if state.ok else 503)
 

@@ -38,6 +38,7 @@ from .framing import MESSAGE_ID_HEADER, Framing, make_encoder
 from .guard import RequestGuardMiddleware
 from .requests import generation_param_changes, parse_chat_stream, parse_json_object
 from .session_cookie import CookieSettings, LazySessionHandle, SessionCookies, SessionMiddleware, is_https
+from .shutdown import LifespanDrainMiddleware
 from .streaming import EventStreamResponse, Outcome
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,8 @@ class ChatStream:
         app.add_middleware(BodyLimitMiddleware, max_body_bytes=self.request_limits.max_body_bytes)
         app.add_middleware(RequestGuardMiddleware, allowed_hosts=allowed_hosts,
                            allowed_origins=tuple(allowed_origins))
+        # under plain uvicorn: streams cancelled at its graceful timeout still send their final event
+        app.add_middleware(LifespanDrainMiddleware)
 
     # -- sessions -------------------------------------------------------------------------------
     def session_of(self, request: Request) -> LazySessionHandle:

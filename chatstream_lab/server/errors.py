@@ -26,10 +26,12 @@ from ..errors import (
     ConfigError,
     EngineUnavailable,
     InvalidParameter,
+    ModelClosed,
     NothingToRegenerate,
     QueueFull,
     SessionBusy,
     SessionError,
+    ShuttingDown,
     TemplateError,
 )
 from ..types import Finished
@@ -105,7 +107,9 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, 400, "invalid_request"),
     (TemplateError, 422, "template_error"),
     (Unauthorized, 401, "unauthorized"),
+    (ShuttingDown, 503, "shutting_down"),
     (EngineUnavailable, 503, "engine_unavailable"),
+    (ModelClosed, 503, "model_closed"),
 )
 
 

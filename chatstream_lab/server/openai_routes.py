@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..config import RequestLimits, SamplingParams
-from ..errors import ChatStreamLabError, InvalidParameter
+from ..errors import ChatStreamLabError, InvalidParameter, ShuttingDown
 from ..prompts import EncodedPrompt
 from ..types import Delta, Finished, FinishReason, Queued, StreamEvent, TokenLogprob
 from .errors import BadRequest, error_body, error_response, public_generation_error
@@ -281,6 +281,9 @@ def make_router(service: Service) -> APIRouter:
 def _failure(service: Service, fin: Finished | None) -> JSONResponse | None:
     """The error response of a generation that did not finish well (None: it did)."""
     if fin is None or fin.finish_reason is FinishReason.CANCELLED:
+        if not service.accepting:  # cancelled because the server stops: retry elsewhere or later
+            return error_response(ShuttingDown("the server stopped before this reply was complete; "
+                                               "retry on another replica, or once it is back"))
         return JSONResponse(error_body("the request was cancelled", "cancelled"), status_code=499)
     if fin.finish_reason is FinishReason.ERROR:  # a remote engine's failure is a bad gateway
         remote = getattr(service.model, "backend", "torch") == "remote"
