@@ -57,7 +57,7 @@ def serve_ours(args: argparse.Namespace) -> None:
     lm = csl.load_model(dtype=args.dtype, progress=False)
     cs = ChatStream(model=lm, num_of_concurrent_executions=args.limit, max_queue_size=args.max_queue_size,
                     max_new_tokens=args.max_new_tokens, temperature=0.0)
-    cs.start()
+    cs.service.warm(wait=True)  # the engine is built before READY (its own thread builds it)
     server = BackgroundServer(create_app(cs, close_on_shutdown=True), host="127.0.0.1", port=args.port).start()
     print(f"READY {server.port}", flush=True)
     _exit_when_stdin_closes()

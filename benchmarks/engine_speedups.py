@@ -1,9 +1,9 @@
 """Each batching speed-up of the HF backend on and off, alternated in one process (a diagnostic).
 
 * prefix cache: one grouped prefill of the 16 benchmark prompts (they share SmolLM2's system
-  prompt) with and without :class:`~chatstream_lab.engine.prefix_cache.PrefixCache`;
+  prompt) with and without :class:`~chatstream_lab.engine.batching.prefix_cache.PrefixCache`;
 * packed linears: the median decode step of those 16 rows with and without
-  :class:`~chatstream_lab.engine.onednn.PackedLinears`.
+  :class:`~chatstream_lab.engine.batching.onednn.PackedLinears`.
 
 Prints medians and the on/off ratios with the load average. No assertion.
 Usage: ``python benchmarks/engine_speedups.py [--rounds 4] [--steps 20]``
@@ -18,7 +18,7 @@ from _common import loadavg, median
 from throughput import PROMPTS
 
 import chatstream_lab as csl
-from chatstream_lab.engine.backends import HFBackend
+from chatstream_lab.engine.batching.backends import HFBackend
 from chatstream_lab.prompts import encode_messages, resolve_template
 
 

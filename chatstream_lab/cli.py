@@ -161,6 +161,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C while loading: nothing is served yet, nothing to drain
         print("\ninterrupted while loading", file=sys.stderr)
         return 130
+    try:  # the engine builds on its own thread (the server answers /health "starting" meanwhile);
+        # the URL is printed once it can serve, so the first user does not wait for the build
+        print("Warming up the engine…", file=sys.stderr, flush=True)
+        chat_stream.service.warm(wait=True)
+    except (ChatStreamLabError, KeyboardInterrupt) as exc:
+        print(f"error: {exc}" if isinstance(exc, ChatStreamLabError) else "\ninterrupted while warming up",
+              file=sys.stderr)
+        server.stop()
+        chat_stream.close()
+        return 2 if isinstance(exc, ChatStreamLabError) else 130
     print(f"Serving {model.name} at {page_url(server.url, token)}  (Ctrl-C to stop)", flush=True)
     return _serve_until_signalled(server, chat_stream, args.shutdown_timeout)
 

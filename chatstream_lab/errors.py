@@ -11,8 +11,9 @@ data that explains it (not just text). HTTP status codes are mapped in one place
     ├── TemplateError                     unknown preset, template that cannot render
     ├── ModelClosed                       a LoadedModel used after close()
     ├── GenerationError                   the model failed while generating
-    │   └── EngineUnavailable             the generator cannot serve now (HTTP 503)
-    │       └── ShuttingDown              the server is stopping (HTTP 503 ``shutting_down``)
+    │   └── EngineUnavailable             the generator cannot serve now (HTTP 503 + Retry-After)
+    │       ├── EngineClosed              it was closed (503 ``engine_closed``)
+    │       └── ShuttingDown              the server is stopping (503 ``shutting_down``)
     ├── AdmissionError
     │   └── QueueFull                     every slot busy and the queue is full (HTTP 429)
     ├── SessionError
@@ -57,7 +58,13 @@ class GenerationError(ChatStreamLabError):
 
 
 class EngineUnavailable(GenerationError):
-    """The generator cannot serve now (its thread died, or every upstream is down): HTTP 503."""
+    """The generator cannot serve now (its build failed, its thread died, or every upstream is
+    down): HTTP 503 with ``Retry-After``."""
+
+
+class EngineClosed(EngineUnavailable):
+    """The generator was closed, or the endpoint serving it was stopped: HTTP 503. Create a new
+    one (or call ``Lab.serve`` / ``start`` again)."""
 
 
 class ShuttingDown(EngineUnavailable):

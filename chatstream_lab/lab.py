@@ -32,7 +32,7 @@ from .types import ReplyScore
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import RequestStream
-    from .engine.protocol import Generator
+    from .engine.core.protocol import Generator
     from .models import LoadedModel
     from .notebook.chat import ChatWidget
     from .notebook.compare import CompareView
@@ -57,6 +57,16 @@ def _load(model: Any) -> LoadedModel:
                       name="model")
 
 
+def _import_widgets_in_a_kernel() -> None:
+    """Inside a Jupyter kernel, import the widget library while the Lab is made (it already waits
+    for the model), so the first ``preview()`` / ``chat()`` cell returns at once instead of paying
+    ~0.2-0.5 s of ipywidgets imports. Outside a kernel nothing is imported."""
+    import sys
+
+    if "ipykernel" in sys.modules:
+        from .notebook import preview  # noqa: F401  (imported for its widgets' import cost only)
+
+
 class Lab:
     """A model, a chat template and sampling parameters, to preview, compare and serve.
 
@@ -73,7 +83,9 @@ class Lab:
             sessions of the served endpoint (cookie) and OpenAI requests that send ``user``.
         **params: :class:`~chatstream_lab.config.SamplingParams` fields (``temperature=0`` is greedy).
 
-    Creating a Lab starts no thread; the engine starts on the first preview or request.
+    Creating a Lab loads the model but starts no thread and builds no engine: the engine is built
+    on its own thread when the first preview or request arrives (or :meth:`warm`), and no cell
+    waits for that build (``preview``, ``chat`` and ``serve`` return at once).
     """
 
     def __init__(self, model: Any = None, template: Any = None, *, num_of_concurrent_executions: int = 2,
@@ -87,6 +99,7 @@ class Lab:
         engine_options: dict[str, Any] = ({} if session_kv_budget_mb is None
                                           else {"session_kv_budget_mb": session_kv_budget_mb})
         self.service = Service.build(self.model, config=self.config, limits=limits, **engine_options)
+        _import_widgets_in_a_kernel()
         self._endpoint: Endpoint | None = None
         self._lock = threading.RLock()
         self._closed = False
@@ -125,6 +138,14 @@ class Lab:
     def recorder(self) -> Any:
         return self.service.recorder
 
+    def warm(self, *, wait: bool = False, timeout: float | None = None) -> Lab:
+        """Start building the engine on its own thread now, so the first preview or request does
+        not wait for it; returns at once unless ``wait`` (then it blocks until the engine can serve).
+        Without it the first request starts the build (and waits, queued, in the engine)."""
+        self._check_open()
+        self.service.warm(wait=wait, timeout=timeout)
+        return self
+
     def _check_open(self) -> None:
         if self._closed:
             raise ConfigError("this Lab was closed; create a new one", name="lab")
@@ -161,9 +182,10 @@ class Lab:
         return self.service.score(messages, reply, config, top=top, timeout=timeout)
 
     def _widget_config(self, config: ServeConfig) -> ServeConfig:
-        """Widgets ask a torch model for the top 5 logprobs (colours, hover, branches); OpenVINO and
-        remote models report none. Logprobs are not part of ``config_id``."""
-        if config.params.logprobs is None and self.model.backend.reports_logprobs:
+        """Widgets ask a generator that reports logprobs (torch) for the top 5 (colours, hover,
+        branches); OpenVINO and remote models report none. Logprobs are not part of ``config_id``.
+        Asks the declared capabilities: nothing is built."""
+        if config.params.logprobs is None and self.service.capabilities.logprobs:
             return config.replace(logprobs=5)
         return config
 
@@ -182,20 +204,20 @@ class Lab:
         from .notebook.preview import StreamPreview
 
         config = self._widget_config(config or (self.config.replace(**params) if params else self.config))
-        local = getattr(self.model, "backend", "torch") != "remote"
+        branches = self.service.capabilities.reply_token_ids
         return StreamPreview.start(self.submit, message, config,
-                                   continuation=self.submit_continuation if local else None)
+                                   continuation=self.submit_continuation if branches else None)
 
     def chat(self, system_prompt: str | None = None) -> ChatWidget:
         """A multi-turn chat widget (Send, Stop, Regenerate, Clear) on the current configuration."""
         from .notebook.chat import ChatWidget
 
-        local = getattr(self.model, "backend", "torch") != "remote"
+        branches = self.service.capabilities.reply_token_ids
         key = f"lab-chat-{uuid.uuid4().hex}"  # one conversation: its turns reuse the kept KV
         return ChatWidget(lambda messages: self.submit(messages, self._widget_config(self.config), session_key=key),
                           system_prompt=system_prompt,
                           continuation=(lambda messages, prefix: self.submit_continuation(
-                              messages, self._widget_config(self.config), prefix)) if local else None)
+                              messages, self._widget_config(self.config), prefix)) if branches else None)
 
     def playground(self, message: str = "What is the capital of France?") -> Playground:
         """Edit template, system prompt and sampling; inspect the prompt; preview. Edits configure
@@ -283,7 +305,7 @@ class Lab:
         from .notebook.display import lab_html
 
         snap, ep = self.service.gate.snapshot(), self.endpoint
-        return lab_html(self.model.name, str(getattr(self.model, "backend", "torch")), self.config,
+        return lab_html(self.model.name, self.service.backend, self.config,
                         running=snap.running, queued=snap.waiting, limit=snap.limit,
                         max_queue_size=snap.max_queue_size, url=ep.url if ep else None,
                         served_config_id=ep.config_id if ep else None)

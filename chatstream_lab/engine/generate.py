@@ -17,8 +17,8 @@ from ..admission import AdmissionGate
 from ..config import Limits, SamplingParams
 from ..errors import GenerationError
 from ..types import Finished, FinishReason, Message, Queued, RequestId, StreamEvent
-from .decoder import BatchDecoder, Row
-from .stream import RequestStream
+from .batching.decoder import BatchDecoder, Row
+from .core.stream import RequestStream
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..prompts.encode import EncodedPrompt
@@ -33,7 +33,7 @@ class InlineStream:
         self._cancel = threading.Event()
         self.id = RequestId("inline")
         self._stream = RequestStream(self.id, lambda _rid: self._cancel.set())
-        from .backends import for_model
+        from .batching.backends import for_model
 
         self._decoder = BatchDecoder(model, for_model(model), on_retire=self._retire)
         self._row: Row = self._decoder.make_row(self._stream, prompt_ids, params, stop_strings,
@@ -93,10 +93,11 @@ def stream(model: Any, messages: str | list[Message], template: Any = None, **pa
     """
     from ..prompts import encode_messages
     from ..prompts.resolve import resolve_served_template
+    from .factory import capabilities_of
 
     sampling = SamplingParams().replace(**params)
     encoded = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
-    if str(getattr(model, "backend", "torch")) in ("remote", "openvino"):
+    if not capabilities_of(model).inline:
         return EngineInlineStream(model, encoded, sampling)
     return InlineStream(model, list(encoded.ids), sampling, encoded.stop_strings,
                         encoded.output_replacements)
@@ -131,8 +132,9 @@ class EngineInlineStream:
         try:
             enc = self._encoded
             extra: dict[str, Any] = {} if enc.messages is None else {"messages": enc.messages}
-            self._stream = engine.start().submit(enc.ids, self._params, stop_strings=enc.stop_strings,
-                                                 output_replacements=enc.output_replacements, **extra)
+            engine.wait_ready()  # this iteration is the caller's own wait; a failed build says why
+            self._stream = engine.submit(enc.ids, self._params, stop_strings=enc.stop_strings,
+                                         output_replacements=enc.output_replacements, **extra)
             if self._cancelled.is_set():
                 self._stream.cancel()
             for event in self._stream:

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 class Backend(str, Enum):
-    """What runs a model (``LoadedModel.backend``; shown in ``/stats``, ``/v1/models``, the Lab)."""
+    """What runs a model (``LoadedModel.backend``; shown in ``/stats``, ``/v1/models``, the Lab).
+    What its generator can *do* is declared by the engine: ``Service.capabilities``."""
 
     TORCH = "torch"  # the in-process batching engine on a transformers model
     OPENVINO = "openvino"  # OpenVINO GenAI's continuous-batching pipeline on an exported IR
@@ -33,12 +34,6 @@ class Backend(str, Enum):
 
     def __str__(self) -> str:
         return self.value
-
-    @property
-    def reports_logprobs(self) -> bool:
-        """Token log-probabilities with alternatives, and scoring: only where our sampler runs on
-        the model's own logits (OpenVINO and remote servers do not hand them over)."""
-        return self in (Backend.TORCH, Backend.SCRIPTED)
 
 
 class Closable(Protocol):

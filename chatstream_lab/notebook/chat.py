@@ -21,7 +21,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
-from ..engine.stream import RequestStream
+from ..engine.core.stream import RequestStream
 from ..errors import ChatStreamLabError
 from ..types import Finished, FinishReason, TokenLogprob
 from ._loop import spawn

@@ -27,7 +27,7 @@ from typing import Any
 import ipywidgets as widgets
 
 from ..config import ServeConfig
-from ..engine.stream import RequestStream
+from ..engine.core.stream import RequestStream
 from ..errors import ChatStreamLabError
 from ..types import Finished, TokenLogprob
 from ._loop import spawn

@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 
+from ..engine.core.protocol import EngineState
 from ..errors import ConfigError
 from ..service import Service
 from . import openai_routes, web
@@ -87,6 +88,7 @@ def create_app(served: ChatStream | Service | None = None, *, token: str | None 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.attach()  # served again after a stop
+        service.warm()  # the engine builds on its own thread; /health says "starting" meanwhile
         yield
         if close_on_shutdown:
             cs.close()
@@ -155,21 +157,25 @@ def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """200 while the generator can serve, 503 when it cannot or the server is stopping (for a
-        load balancer: it stops sending requests here while the open ones drain)."""
+        """200 while the generator can serve; 503 with ``Retry-After`` while its engine is still
+        being built (``starting``), when it cannot serve, or while the server is stopping
+        (``shutting_down``: a load balancer stops sending requests here while the open ones drain)."""
         state = service.health()
+        if state.ok and service.accepting:
+            return JSONResponse({"status": "ok", "engine": state.as_dict()})
         if not service.accepting:
-            return JSONResponse({"status": "shutting_down", "engine": state.as_dict()}, status_code=503,
-                                headers={"Retry-After": str(RETRY_AFTER_S)})
-        return JSONResponse({"status": "ok" if state.ok else "unavailable", "engine": state.as_dict()},
-                            status_code=200 if state.ok else 503)
+            status = "shutting_down"
+        else:
+            status = "starting" if state.state is EngineState.STARTING else "unavailable"
+        return JSONResponse({"status": status, "engine": state.as_dict()}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.get("/stats")
     async def stats(history: bool = False) -> JSONResponse:
         snap = service.stats(with_history=history)
         limits = service.limits
         return JSONResponse({**snap.as_dict(with_history=history), "model": service.model.name,
-                             "backend": str(getattr(service.model, "backend", "torch")),
+                             "backend": service.backend,
                              "limit": limits.num_of_concurrent_executions,
                              "max_queue_size": limits.max_queue_size,
                              "sessions": {**cs.sessions.usage(), "feedback_records": len(cs.feedback),

@@ -24,6 +24,7 @@ from ..errors import (
     AdmissionError,
     ChatStreamLabError,
     ConfigError,
+    EngineClosed,
     EngineUnavailable,
     InvalidParameter,
     ModelClosed,
@@ -108,6 +109,7 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (TemplateError, 422, "template_error"),
     (Unauthorized, 401, "unauthorized"),
     (ShuttingDown, 503, "shutting_down"),
+    (EngineClosed, 503, "engine_closed"),
     (EngineUnavailable, 503, "engine_unavailable"),
     (ModelClosed, 503, "model_closed"),
 )

@@ -232,7 +232,7 @@ def make_router(service: Service) -> APIRouter:
         model = service.model
         return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
                                             "owned_by": "chatstream_lab",
-                                            "backend": str(getattr(model, "backend", "torch")),
+                                            "backend": service.backend,
                                             "config_id": service.config_id}]}
 
     @router.post("/v1/completions", response_model=None)
@@ -286,7 +286,7 @@ def _failure(service: Service, fin: Finished | None) -> JSONResponse | None:
                                                "retry on another replica, or once it is back"))
         return JSONResponse(error_body("the request was cancelled", "cancelled"), status_code=499)
     if fin.finish_reason is FinishReason.ERROR:  # a remote engine's failure is a bad gateway
-        remote = getattr(service.model, "backend", "torch") == "remote"
+        remote = service.capabilities.remote
         return JSONResponse(error_body(public_generation_error(fin),
                                        "upstream_error" if remote else "generation_error"),
                             status_code=502 if remote else 500)
@@ -329,7 +329,7 @@ async def _echo(service: Service, ids: list[int], params: SamplingParams,
     text = tokenizer.decode(ids) if tokenizer is not None else ""
     if params.logprobs is None:
         return _Echo(text, None)
-    from ..engine.detokenize import DetokenizerFactory
+    from ..engine.core.detokenize import DetokenizerFactory
 
     if tokenizer is None:
         raise InvalidParameter("echo with logprobs needs the model's tokenizer", name="echo")

@@ -1,4 +1,4 @@
-"""HTTP transport for one :class:`~chatstream_lab.engine.stream.RequestStream`.
+"""HTTP transport for one :class:`~chatstream_lab.engine.core.stream.RequestStream`.
 
 :class:`EventStreamResponse` is an ASGI response that writes encoded events and, concurrently,
 listens on the ASGI ``receive`` channel for ``http.disconnect``. On a disconnect (or a failed

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatstream_lab.engine.backends import HFBackend
-from chatstream_lab.engine.kvcache import spare_room_layer_class
-from chatstream_lab.engine.onednn import PackedHead, PackedLinears
+from chatstream_lab.engine.batching.backends import HFBackend
+from chatstream_lab.engine.batching.kvcache import spare_room_layer_class
+from chatstream_lab.engine.batching.onednn import PackedHead, PackedLinears
 
 DynamicLayer = pytest.importorskip("transformers.cache_utils").DynamicLayer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chatstream_lab.engine.detokenize import Detokenizer, DetokenizerFactory
+from chatstream_lab.engine.core.detokenize import Detokenizer, DetokenizerFactory
 from chatstream_lab.models import ByteTokenizer
 
 SAMPLES = ["日本の首都は東京です。", "emoji 🎉👨‍👩‍👧 done", "naïve café", "plain ascii\n\n  spaces"]

@@ -160,8 +160,9 @@ def test_close_finishes_everything(scripted) -> None:
     engine.close()
     reasons = [s.result(2).finish_reason for s in streams]
     assert reasons == [FinishReason.CANCELLED] * 3
+    assert not engine.running  # the engine thread ended
     assert not any(t.name == "chatstream-engine" and t.is_alive() for t in threading.enumerate()
-                   if t is engine._thread)
+                   if t is engine._host._thread)
 
 
 def test_prompt_over_context_window_is_refused(make_engine) -> None:
@@ -219,6 +220,7 @@ def test_inline_stream_cancelled_from_another_thread(scripted) -> None:
 
 def _record_prefills(engine: Engine) -> list[int]:
     """Sizes of the prefills the engine runs (1: a prompt alone, n: a group of n)."""
+    engine.wait_ready(30)  # the step backend is built on the engine's thread
     backend = engine._decoder.backend
     sizes: list[int] = []
     alone, group = backend.prefill, backend.prefill_group
@@ -261,7 +263,7 @@ def test_gather_s_is_validated(scripted) -> None:
 def _join_runs_out_of_memory(lm, release: threading.Event):
     """A scripted backend whose ``join`` raises (once ``release`` is set) outside any request's own
     error handling."""
-    from chatstream_lab.engine.backends import ScriptedBackend
+    from chatstream_lab.engine.batching.backends import ScriptedBackend
 
     class Exploding(ScriptedBackend):
         def join(self, *args, **kwargs):
@@ -272,7 +274,7 @@ def _join_runs_out_of_memory(lm, release: threading.Event):
 
 
 def test_a_dying_engine_thread_ends_every_request_and_later_ones_fail_fast(scripted, make_engine) -> None:
-    from chatstream_lab.engine.protocol import EngineState
+    from chatstream_lab.engine.core.protocol import EngineState
     from chatstream_lab.errors import EngineUnavailable
 
     lm = scripted("never streamed")

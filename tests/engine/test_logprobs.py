@@ -11,7 +11,7 @@ import chatstream_lab as csl
 from chatstream_lab.admission import AdmissionGate
 from chatstream_lab.config import Limits, SamplingParams, ServeConfig
 from chatstream_lab.engine import Engine
-from chatstream_lab.engine import decoder as decoder_module
+from chatstream_lab.engine.batching import decoder as decoder_module
 from chatstream_lab.engine.remote import RemoteEngine
 from chatstream_lab.errors import InvalidParameter
 from chatstream_lab.models import remote_model
@@ -121,6 +121,7 @@ def test_engine_scores_on_its_own_thread(scripted) -> None:
     seen: list[str] = []
     try:
         engine = service.generator.start()
+        engine.wait_ready(30)  # the step backend is built on the engine's thread
         backend = engine._decoder.backend
         original = backend.score
         backend.score = lambda ids, start: seen.append(threading.current_thread().name) or original(ids, start)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chatstream_lab.engine.backends import HFBackend
-from chatstream_lab.engine.prefix_cache import PrefixCache, common_prefix_length
+from chatstream_lab.engine.batching.backends import HFBackend
+from chatstream_lab.engine.batching.prefix_cache import PrefixCache, common_prefix_length
 
 transformers = pytest.importorskip("transformers")
 

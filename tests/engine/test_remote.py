@@ -22,7 +22,7 @@ import pytest
 import chatstream_lab as csl
 from chatstream_lab.admission import AdmissionGate
 from chatstream_lab.config import Limits, SamplingParams
-from chatstream_lab.engine.protocol import EngineState
+from chatstream_lab.engine.core.protocol import EngineState
 from chatstream_lab.engine.remote import RemoteEngine
 from chatstream_lab.errors import ConfigError, EngineUnavailable, GenerationError, InvalidParameter, QueueFull
 from chatstream_lab.models import ByteTokenizer, remote_model
@@ -465,8 +465,10 @@ def test_health_states(fakes, engines) -> None:
     lm = remote_model([a.url, dead_url()])
     engine = RemoteEngine(lm, retry_after_s=5)
     assert engine.health().state is EngineState.IDLE
-    engine.start()
+    engine.start()  # returns at once: the loop and client are made on the engine's thread
     try:
+        assert engine.health().state in (EngineState.STARTING, EngineState.RUNNING)
+        engine.wait_ready(5)
         assert engine.health().state is EngineState.RUNNING
         for _ in range(2):
             engine.submit(IDS, GREEDY).result(5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from chatstream_lab.config import SamplingParams
-from chatstream_lab.engine.sampling import (
+from chatstream_lab.engine.batching.sampling import (
     apply_repetition_penalty,
     filter_min_p,
     filter_top_k,

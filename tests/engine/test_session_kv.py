@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from chatstream_lab.config import SamplingParams
-from chatstream_lab.engine.backends import HFBackend
-from chatstream_lab.engine.session_cache import SessionKVCache
+from chatstream_lab.engine.batching.backends import HFBackend
+from chatstream_lab.engine.batching.session_cache import SessionKVCache
 
 transformers = pytest.importorskip("transformers")
 
@@ -242,7 +242,8 @@ def test_a_tiny_budget_evicts_stays_within_it_and_evicted_sessions_answer_the_sa
 def test_two_sessions_interleaved_in_one_batch_both_reuse(real_model, reference) -> None:
     svc = _service(real_model, 256, concurrency=2, gather_s=0.05)
     steps: list[int] = []
-    backend = svc.generator.start()._decoder.backend
+    svc.warm(wait=True, timeout=120)  # the step backend is built on the engine's thread
+    backend = svc.generator._decoder.backend
     widths: list[int] = []
     decode = backend.decode
     backend.decode = lambda tokens: (widths.append(len(tokens)), decode(tokens))[1]

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from chatstream_lab.engine.textfilter import TextFilter
+from chatstream_lab.engine.core.textfilter import TextFilter
 
 
 def _run(pieces: list[str], **kw) -> tuple[str, bool]:

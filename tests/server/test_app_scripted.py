@@ -195,7 +195,7 @@ def test_token_auth_and_cors():
 
 def test_a_dead_engine_makes_health_and_requests_answer_503(scripted, serve):
     from chatstream_lab.engine import Engine
-    from chatstream_lab.engine.backends import ScriptedBackend
+    from chatstream_lab.engine.batching.backends import ScriptedBackend
     from chatstream_lab.service import Service
 
     class Exploding(ScriptedBackend):

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import torch
 
-from chatstream_lab.engine.detokenize import DetokenizerFactory
+from chatstream_lab.engine.core.detokenize import DetokenizerFactory
 from chatstream_lab.models import scripted_model
 from chatstream_lab.prompts import encode_messages, resolve_template
 from chatstream_lab.server import ChatStream, create_app

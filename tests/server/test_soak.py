@@ -115,6 +115,7 @@ class Soak:
 def _inject_one_decode_fault(cs: ChatStream) -> threading.Event:
     """The next batched decode step raises (as a backend running out of memory would)."""
     engine = cs.service.generator
+    engine.wait_ready(30)
     backend = engine._decoder.backend
     fired = threading.Event()
     real = backend.decode

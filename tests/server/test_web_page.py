@@ -176,3 +176,36 @@ def test_a_page_on_another_localhost_port_cannot_write_into_the_users_session(br
         params = httpx.get(url + "/get_generation_params", cookies=cookies).json()["generation_params"]
         assert params["temperature"] != 2.0
         page.close()
+
+
+def test_the_page_says_it_warms_up_while_the_engine_is_built(browser):
+    import threading
+
+    from chatstream_lab.admission import AdmissionGate
+    from chatstream_lab.config import Limits
+    from chatstream_lab.engine import Engine
+    from chatstream_lab.service import Service
+
+    release = threading.Event()
+    lm = scripted_model("Ready now.")
+
+    class GatedBuild(Engine):  # a model that takes long to load
+        def build(self) -> None:
+            release.wait(30)
+            super().build()
+
+    engine = GatedBuild(lm, gate=AdmissionGate(Limits(2, 4)))
+    try:
+        with serving(create_app(Service.build(lm, template="chatml", generator=engine))) as url:
+            page = browser.new_page()
+            page.goto(url + "/")
+            expect(page.locator("#status")).to_have_text(re.compile("^Warming up"), timeout=10_000)
+            release.set()
+            expect(page.locator("#status")).to_have_text("", timeout=10_000)
+            page.fill("#input", "hi")
+            page.click("#send")
+            wait_done(page)
+            assert last_assistant(page) == "Ready now."
+    finally:
+        release.set()
+        engine.close()

@@ -222,5 +222,24 @@
     setBusy(false);
   });
 
+  // While the server's engine is still being built, /health answers 503 "starting": say so (a
+  // message sent meanwhile waits in the queue) and look again until it can serve.
+  const WARMING = "Warming up: the model is loading…";
+  async function watchWarmup() {
+    let starting = false;
+    try {
+      const response = await fetch("health", { cache: "no-store" });
+      const body = await response.json();
+      starting = Boolean(body && body.status === "starting");
+    } catch (e) { /* not reachable now: nothing to report */ }
+    if (starting) {
+      if (!controller) setStatus(WARMING);
+      setTimeout(watchWarmup, 1000);
+    } else if (els.status.textContent === WARMING) {
+      setStatus("");
+    }
+  }
+
   loadHistory();
+  watchWarmup();
 })();

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..config import SamplingParams
-from ..errors import InvalidParameter
-from ..types import Message, ReplyScore, TokenLogprob
-from .detokenize import TokenPieces
-from .protocol import StepBackend
+from ...config import SamplingParams
+from ...errors import InvalidParameter
+from ...types import Message, ReplyScore, TokenLogprob
+from ..core.detokenize import TokenPieces
+from ..core.protocol import StepBackend
 
 
 def check_score_request(ids: Sequence[int], start: int, top: int, window: int = 0) -> None:
@@ -63,15 +63,15 @@ def score(model: Any, messages: str | list[Message], reply: str, template: Any =
     Returns:
         a :class:`~chatstream_lab.types.ReplyScore` (``.tokens``, ``.logprob``, ``.mean_logprob``).
     """
-    from ..prompts import encode_messages, encode_reply
-    from ..prompts.resolve import resolve_served_template
+    from ...prompts import encode_messages, encode_reply
+    from ...prompts.resolve import resolve_served_template
+    from ..core.detokenize import DetokenizerFactory
+    from ..factory import backend_name, capabilities_of
     from .backends import for_model
-    from .detokenize import DetokenizerFactory
 
-    backend_name = str(getattr(model, "backend", "torch"))
-    if backend_name not in ("torch", "scripted"):
-        raise InvalidParameter(f"scoring needs the model's own logits; a {backend_name} model cannot score: "
-                               "load it with load_model(..., backend='torch')", name="model")
+    if not capabilities_of(model).scoring:
+        raise InvalidParameter(f"scoring needs the model's own logits; a {backend_name(model)} model cannot "
+                               "score: load it with load_model(..., backend='torch')", name="model")
     prompt = encode_messages(resolve_served_template(template, model.tokenizer), model.tokenizer, messages)
     reply_ids = encode_reply(model.tokenizer, reply)
     ids = [*prompt.ids, *reply_ids]

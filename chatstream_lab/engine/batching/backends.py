@@ -26,11 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..stats import KVCacheStats
+from ...stats import KVCacheStats
+from ..core.protocol import Key, StepBackend
 from .kvcache import KV, can_load, get_kv, load_kv, new_cache, pad_left, set_kv
 from .onednn import PackedHead, PackedLinears
 from .prefix_cache import PrefixCache, PrefixHit
-from .protocol import Key, StepBackend
 from .session_cache import SessionKVCache
 
 

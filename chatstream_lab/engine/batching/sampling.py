@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SamplingParams
+from ...config import SamplingParams
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -38,6 +38,11 @@ class TextFilter:
         self._raw = ""  # text not yet through the replacements
         self._pending = ""  # replaced text not yet emitted (may start a stop string)
 
+    def reset(self) -> None:
+        """Drop the text held back so far (a reply that starts over)."""
+        self._raw = ""
+        self._pending = ""
+
     @property
     def active(self) -> bool:
         return bool(self._stops or self._repl)

@@ -14,8 +14,8 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from ..errors import GenerationError
-from ..types import Delta, Finished, FinishReason, Queued, RequestId, StreamEvent
+from ...errors import GenerationError
+from ...types import Delta, Finished, FinishReason, Queued, RequestId, StreamEvent
 
 
 class RequestStream:

@@ -1,19 +1,19 @@
 """The generation seam, at two levels.
 
 **Request level** (:class:`Generator`): what the server, the notebook and ``Lab`` see. ``submit``
-takes a prompt's token ids and returns a :class:`~chatstream_lab.engine.stream.RequestStream`
+takes a prompt's token ids and returns a :class:`~chatstream_lab.engine.core.stream.RequestStream`
 (``Queued* Delta* Finished``, exactly one ``Finished``) or raises ``QueueFull`` synchronously; the
 stream can be cancelled from any thread. Implementations: the local batching
-:class:`~chatstream_lab.engine.engine.Engine` and the remote
+:class:`~chatstream_lab.engine.batching.engine.Engine` and the remote
 :class:`~chatstream_lab.engine.remote.RemoteEngine` (vLLM, llama-server, any OpenAI-compatible
 server). Every implementation takes its admission gate and lifecycle observer by injection and
-goes through :class:`~chatstream_lab.engine.lifecycle.RequestLifecycle`, so the limit, the queue
+goes through :class:`~chatstream_lab.engine.core.lifecycle.RequestLifecycle`, so the limit, the queue
 and the numbers behave the same whatever produces the tokens.
 
 **Step level** (:class:`StepBackend`): what the batching engine drives on its one thread:
 prefill / join / decode / leave, logits per row. Implementations: the HF torch backend and the
 scripted backend. Sampling, stop ids, stop strings and detokenization stay in
-:class:`~chatstream_lab.engine.decoder.BatchDecoder`, the same code for every step-level backend.
+:class:`~chatstream_lab.engine.batching.decoder.BatchDecoder`, the same code for every step-level backend.
 """
 
 from __future__ import annotations
@@ -25,15 +25,16 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from ..config import SamplingParams
-from ..types import TokenLogprob
+from ...config import SamplingParams
+from ...types import TokenLogprob
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from ..admission import AdmissionGate
-    from ..models import LoadedModel
-    from ..stats import KVCacheStats
+    from ...admission import AdmissionGate
+    from ...models import LoadedModel
+    from ...stats import KVCacheStats
+    from .capabilities import Capabilities
     from .stream import RequestStream
 
 Key = Hashable
@@ -43,7 +44,8 @@ H = TypeVar("H")
 class EngineState(str, Enum):
     """What ``/health`` reports about a generator (or one of its upstreams)."""
 
-    IDLE = "idle"  # built, thread not started yet
+    IDLE = "idle"  # not started yet (it starts, and builds, on the first request or warm())
+    STARTING = "starting"  # its thread builds it (weights, compile); requests wait in the queue
     RUNNING = "running"
     DEGRADED = "degraded"  # some upstreams are down, requests still served
     FAILED = "failed"  # cannot serve; every request fails fast with 503
@@ -98,7 +100,22 @@ class Generator(Protocol):
     @property
     def gate(self) -> AdmissionGate[Any]: ...
 
-    def start(self) -> Generator: ...
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this generator can do (the same value ``capabilities_for(model)`` of its class
+        gives before it is built)."""
+        ...
+
+    def start(self) -> Generator:
+        """Start the engine's thread, which builds the engine (weights, compile, client) and then
+        serves; returns at once (idempotent). Requests submitted while it builds wait in the
+        queue; ``health()`` says ``starting``."""
+        ...
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until the engine was built (for a caller that chooses to wait: ``serve`` before
+        it prints its URL). Raises EngineUnavailable if the build failed, TimeoutError."""
+        ...
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
                stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
@@ -132,7 +149,7 @@ class Generator(Protocol):
 
 
 class StepBackend(Protocol[H]):
-    """Step level: what :class:`~chatstream_lab.engine.decoder.BatchDecoder` drives (one thread).
+    """Step level: what :class:`~chatstream_lab.engine.batching.decoder.BatchDecoder` drives (one thread).
 
     ``H`` is the backend's own handle of a prompt on its way into the batch. Logits are float
     ``[vocab]`` (one prompt) or ``[rows, vocab]`` on any device, in ``rows`` order.

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..stats import KVCacheStats
+from ...stats import KVCacheStats
 from .kvcache import KV
 from .prefix_cache import common_prefix_length, write_count
 

@@ -19,47 +19,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..config import SamplingParams
-from ..types import Delta, Finished, FinishReason, RequestId, TokenLogprob, TopLogprob
-from .detokenize import Detokenizer, DetokenizerFactory, TokenPieces, special_stop_ids
-from .lifecycle import make_usage
-from .protocol import StepBackend
+from ...config import SamplingParams
+from ...types import FinishReason, RequestId, TokenLogprob, TopLogprob
+from ..core.detokenize import TokenPieces
+from ..core.protocol import StepBackend
+from ..core.rows import OutputRow, RowFactory
+from ..core.stream import RequestStream
 from .sampling import make_generator, sample_token
-from .stream import RequestStream
-from .textfilter import TextFilter
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(eq=False)
-class Row:
-    """One request inside the decoder."""
+@dataclass(eq=False, kw_only=True)
+class Row(OutputRow):
+    """One request inside the decoder: the shared output pipeline plus its sampling state."""
 
-    stream: RequestStream
-    prompt_ids: list[int]
-    params: SamplingParams
-    stop_ids: frozenset[int]
-    detok: Detokenizer
-    text_filter: TextFilter
-    generator: torch.Generator | None
+    generator: torch.Generator | None = None
     session_key: str | None = None  # the backend keeps this row's KV for the session's next turn
-    t_submit: float = field(default_factory=time.perf_counter)
-    t_admit: float = 0.0
-    t_first: float | None = None
-    generated: list[int] = field(default_factory=list)
-    parts: list[str] = field(default_factory=list)
     prefill: Any = None  # the backend's handle while the prompt is on its way in
-    finished: Finished | None = None
     _seen: torch.Tensor | None = None
-
-    @property
-    def id(self) -> RequestId:
-        return self.stream.id
 
     def seen(self) -> torch.Tensor:
         """Ids the repetition penalty looks at (prompt + reply, as HF does)."""
@@ -68,12 +51,21 @@ class Row:
         return self._seen
 
     def record(self, token: int) -> None:
-        self.generated.append(token)
+        super().record(token)
         if self._seen is not None:
             self._seen = torch.cat([self._seen, torch.tensor([token])])
 
 
 RetireFn = Callable[[Row], None]
+
+
+def new_row(rows: RowFactory, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
+            stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
+            stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
+    """A request's row: the shared output pipeline, plus its own sampling generator."""
+    return rows.new_row(Row, stream, prompt_ids, params, rows.stops(params, stop_strings, stop_token_ids),
+                        output_replacements, generator=None if params.greedy else make_generator(params.seed),
+                        session_key=session_key)
 _NO_IDS = torch.tensor([], dtype=torch.long)
 
 
@@ -124,20 +116,21 @@ class BatchDecoder:
 
     Args:
         loaded: the model (tokenizer, stop token ids, context window).
-        backend: the :class:`~chatstream_lab.engine.protocol.StepBackend` that runs the forwards.
+        backend: the :class:`~chatstream_lab.engine.core.protocol.StepBackend` that runs the forwards.
         on_retire: called once per row when it leaves (the engine frees the slot there).
         on_first_token: called when a row samples its first token (time to first token).
         prefill_chunk: prompt tokens prefilled per step while other rows decode.
+        rows: the row factory to share (default: one made here for ``loaded``).
     """
 
     def __init__(self, loaded: Any, backend: StepBackend[Any], *, on_retire: RetireFn,
-                 on_first_token: Callable[[Row], None] | None = None, prefill_chunk: int = 256) -> None:
+                 on_first_token: Callable[[RequestId], None] | None = None, prefill_chunk: int = 256,
+                 rows: RowFactory | None = None) -> None:
         self.loaded = loaded
         self.backend = backend
-        self.detokenizers = DetokenizerFactory(loaded.tokenizer)
-        self.pieces = self.detokenizers.pieces()
+        self.rows = rows if rows is not None else RowFactory(loaded, on_first_token=on_first_token)
+        self.pieces = self.rows.pieces()
         self._on_retire = on_retire
-        self._on_first_token = on_first_token
         self.prefill_chunk = prefill_chunk
         self.pending: list[Row] = []  # admitted, prompt not yet in the batch
         self.active: dict[RequestId, Row] = {}  # joined rows
@@ -147,14 +140,8 @@ class BatchDecoder:
     def make_row(self, stream: RequestStream, prompt_ids: Sequence[int], params: SamplingParams,
                  stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
                  stop_token_ids: Sequence[int] = (), session_key: str | None = None) -> Row:
-        stops = tuple(dict.fromkeys(tuple(stop_strings) + params.stop))
-        stop_ids = (set(self.loaded.stop_token_ids) | set(stop_token_ids)
-                    | special_stop_ids(self.loaded.tokenizer, stops))
-        return Row(
-            stream=stream, prompt_ids=list(prompt_ids), params=params, stop_ids=frozenset(stop_ids),
-            detok=self.detokenizers(), text_filter=TextFilter(stops, tuple(output_replacements)),
-            generator=None if params.greedy else make_generator(params.seed), session_key=session_key,
-        )
+        return new_row(self.rows, stream, prompt_ids, params, stop_strings, output_replacements,
+                       stop_token_ids, session_key)
 
     # -- the step ------------------------------------------------------------------------
     @property
@@ -267,7 +254,8 @@ class BatchDecoder:
             self._take(row, row_logits, lp)
 
     def _take(self, row: Row, logits: torch.Tensor, lp: RowLogprobs | None = None) -> None:
-        """Sample, detokenize, filter and emit one token of ``row`` (with its logprobs if asked)."""
+        """Sample one token of ``row`` and hand it (with its logprobs if asked) to the row's output
+        pipeline, which detokenizes, filters, emits and ends the row when due."""
         if lp is None and row.params.logprobs is not None:
             lp = logprob_rows([row.params], logits.unsqueeze(0))[0]
         # the ids seen so far matter only to the repetition penalty: build them only then
@@ -277,48 +265,20 @@ class BatchDecoder:
         except Exception as exc:
             self._fail(row, exc)
             return
-        row.record(token)
         self._last_token[row.id] = token
-        if row.t_first is None:
-            row.t_first = time.perf_counter()
-            if self._on_first_token:
-                self._on_first_token(row)
-        if token in row.stop_ids:
-            self._flush(row)
-            self._finish(row, FinishReason.STOP)
-            return
-        result = row.text_filter.push(row.detok.add(token))
-        self._emit(row, result.text, (token,), () if lp is None else (token_logprob(self.pieces, token, lp),))
-        if result.stopped:
-            self._finish(row, FinishReason.STOP)
-        elif len(row.generated) >= self._max_new(row):
-            self._flush(row)
-            self._finish(row, FinishReason.LENGTH)
-
-    def _max_new(self, row: Row) -> int:
-        room = self.loaded.context_window - len(row.prompt_ids)
-        return max(1, min(row.params.max_new_tokens, int(room)))
-
-    def _emit(self, row: Row, text: str, token_ids: tuple[int, ...],
-              logprobs: tuple[TokenLogprob, ...] = ()) -> None:
-        if text:
-            row.parts.append(text)
-        row.stream._push(Delta(row.id, text, token_ids, logprobs))
-
-    def _flush(self, row: Row) -> None:
-        tail = row.text_filter.push(row.detok.finalize(), final=True).text
-        if tail:
-            self._emit(row, tail, ())
+        row.take(token, None if lp is None else token_logprob(self.pieces, token, lp))
+        if row.finished is not None:
+            self._finished(row)
 
     def _fail(self, row: Row, exc: BaseException) -> None:
-        self._finish(row, FinishReason.ERROR, error=f"{type(exc).__name__}: {exc}")
+        if row.fail(exc):
+            self._finished(row)
 
     def _finish(self, row: Row, reason: FinishReason, error: str | None = None) -> None:
-        if row.finished is not None:
-            return
-        usage = make_usage(len(row.prompt_ids), len(row.generated), t_submit=row.t_submit,
-                           t_admit=row.t_admit, t_first=row.t_first)
-        row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
+        if row.finish(reason, error):
+            self._finished(row)
+
+    def _finished(self, row: Row) -> None:
         if row.id not in self.active:  # never joined (pending / failed prefill): retire now
             self._release_session(row)
             self._on_retire(row)

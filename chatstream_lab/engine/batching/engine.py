@@ -15,30 +15,29 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from ..admission import AdmissionGate
-from ..config import Limits, SamplingParams
-from ..errors import ChatStreamLabError, ConfigError, EngineUnavailable, InvalidParameter
-from ..stats import KVCacheStats
-from ..types import Finished, FinishReason, LifecycleObserver, TokenLogprob
-from .decoder import BatchDecoder, Row
-from .lifecycle import RequestLifecycle, make_usage
-from .protocol import EngineHealth, EngineState, StepBackend
-from .stream import RequestStream
+from ...admission import AdmissionGate
+from ...config import Limits, SamplingParams
+from ...errors import ConfigError, EngineClosed
+from ...stats import KVCacheStats
+from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
+from ..core.capabilities import Capabilities
+from ..core.host import EngineHost, HostedGenerator, check_gather_s
+from ..core.lifecycle import RequestLifecycle
+from ..core.protocol import StepBackend
+from ..core.rows import RowFactory
+from ..core.stream import RequestStream
+from ..core.validation import check_prompt, tokenizer_vocab_size
+from .decoder import BatchDecoder, Row, new_row
 
 log = logging.getLogger(__name__)
 
-_HEARTBEAT_S = 1.0  # queued requests hear their position at least this often
 DEFAULT_SESSION_KV_BUDGET_MB = 512.0  # ~11k positions of SmolLM2-135M fp32 (45 KiB each)
-
-
-class EngineClosed(ChatStreamLabError):
-    """The engine was closed; create a new one (or call ``Lab.serve`` / ``start`` again)."""
+CAPABILITIES = Capabilities(logprobs=True, scoring=True, kv_reuse=True, inline=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,9 +50,9 @@ class ScoreJob:
     future: Future[tuple[TokenLogprob, ...]]
 
 
-class Engine:
+class Engine(HostedGenerator):
     """Runs generation for many consumers on one dedicated thread (the local, batching
-    :class:`~chatstream_lab.engine.protocol.Generator`).
+    :class:`~chatstream_lab.engine.core.protocol.Generator`).
 
     Args:
         model: a :class:`~chatstream_lab.models.LoadedModel`.
@@ -82,14 +81,13 @@ class Engine:
         >>> engine.close()
     """
 
+    CAPABILITIES = CAPABILITIES
+
     def __init__(self, model: Any, *, num_of_concurrent_executions: int = 2, max_queue_size: int = 5,
                  observer: LifecycleObserver | None = None, prefill_chunk: int = 256,
                  gather_s: float = 0.01, prefix_cache_mb: float = 64.0,
                  session_kv_budget_mb: float = DEFAULT_SESSION_KV_BUDGET_MB, onednn: bool = True,
                  backend: StepBackend[Any] | None = None, gate: AdmissionGate[Row] | None = None) -> None:
-        if isinstance(gather_s, bool) or not isinstance(gather_s, (int, float)) or not 0 <= gather_s <= 1:
-            raise ConfigError(f"gather_s must be a number of seconds in [0, 1], got {gather_s!r}",
-                              name="gather_s")
         if isinstance(prefix_cache_mb, bool) or not isinstance(prefix_cache_mb, (int, float)) or prefix_cache_mb < 0:
             raise ConfigError(f"prefix_cache_mb must be a number >= 0, got {prefix_cache_mb!r}",
                               name="prefix_cache_mb")
@@ -103,72 +101,30 @@ class Engine:
         self.lifecycle: RequestLifecycle[Row] = RequestLifecycle(self.gate, observer)
         self.observer: LifecycleObserver = self.lifecycle.observer
         self.prefill_chunk = prefill_chunk
-        self.gather_s = float(gather_s)
+        self.gather_s = check_gather_s(gather_s)
         self.prefix_cache_mb = float(prefix_cache_mb)
         self.session_kv_budget_mb = float(session_kv_budget_mb)
         self.onednn = onednn
         self._backend = backend
+        self._host: EngineHost[Row] = EngineHost(self, self.lifecycle, backend=self.backend_name,
+                                                 label="the engine", thread_name="chatstream-engine",
+                                                 gather_s=self.gather_s)
         self._lock = threading.Lock()
-        self._cancelled: set[Any] = set()
+        self._rows = RowFactory(model, on_first_token=self.lifecycle.first_token)
         self._jobs: list[ScoreJob] = []
         self._live: dict[Any, Row] = {}  # admitted and not yet retired (ended on a crash, whatever the decoder lost)
-        self._wake = threading.Event()
-        self._closing = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._decoder: BatchDecoder | None = None
-        self._crash: str | None = None
+        self._decoder: BatchDecoder | None = None  # built on the engine thread
         self.steps = 0  # decode steps run, for tests and stats
 
     # -- lifecycle -----------------------------------------------------------------------
     @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
     def backend_name(self) -> str:
         return str(getattr(self.model, "backend", "torch"))
 
-    def start(self) -> Engine:
-        """Start the engine thread (idempotent)."""
-        with self._lock:
-            if self._closing.is_set():
-                raise EngineClosed("this engine was closed; create a new Engine")
-            if self._thread is None:
-                from .backends import for_model
-
-                backend = self._backend or for_model(
-                    self.model, prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)),
-                    session_kv_bytes=int(self.session_kv_budget_mb * (1 << 20)), onednn=self.onednn)
-                self._decoder = BatchDecoder(self.model, backend, on_retire=self._retire,
-                                             on_first_token=self._first_token,
-                                             prefill_chunk=self.prefill_chunk)
-                self._thread = threading.Thread(target=self._run, name="chatstream-engine", daemon=True)
-                self._thread.start()
-        return self
-
-    def health(self) -> EngineHealth:
-        """The engine's state for ``/health``."""
-        if self._closing.is_set():
-            return EngineHealth(EngineState.CLOSED, self.backend_name)
-        if self._thread is None:
-            return EngineHealth(EngineState.IDLE, self.backend_name)
-        if not self._thread.is_alive():
-            return EngineHealth(EngineState.FAILED, self.backend_name, self._crash or "the engine thread stopped")
-        return EngineHealth(EngineState.RUNNING, self.backend_name)
-
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every request, stop the thread and wait for it (idempotent)."""
-        self._closing.set()
-        self._wake.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-        self.lifecycle.fail_waiting(FinishReason.CANCELLED)
-
-    def __enter__(self) -> Engine:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._host.close(timeout)
+        self._fail_jobs()
 
     # -- requests ------------------------------------------------------------------------
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
@@ -179,32 +135,27 @@ class Engine:
 
         Raises:
             QueueFull: every slot is busy and the queue is full (decided now, not later).
-            InvalidParameter: the prompt does not fit the model's context window, or is empty.
+            InvalidParameter: the prompt is empty, has an id outside the vocabulary, or does not
+                fit the model's context window.
             EngineClosed: the engine was closed.
+            EngineUnavailable: the engine failed (its build, or its thread).
         """
         params = params or SamplingParams()
-        ids = [int(i) for i in prompt_ids]
-        if not ids and messages:
-            raise InvalidParameter("a local model needs token ids, not messages: give it a tokenizer",
-                                   name="messages")
-        if not ids:
-            raise InvalidParameter("the prompt is empty", name="prompt")
-        window = int(getattr(self.model, "context_window", 0) or 0)
-        if window and len(ids) >= window:
-            raise InvalidParameter(f"the prompt has {len(ids)} tokens; the model's context window is "
-                                   f"{window}. Shorten the conversation.", name="prompt")
+        ids = check_prompt(prompt_ids, window=int(getattr(self.model, "context_window", 0) or 0),
+                           vocab_size=self.vocab_size, messages=messages, engine="a local model")
         self.start()
-        self._raise_if_failed()
-        assert self._decoder is not None
-        stream = RequestStream(self.lifecycle.new_id(), self._cancel)
-        row = self._decoder.make_row(stream, ids, params, stop_strings, output_replacements,
-                                     stop_token_ids, session_key)
-        self.lifecycle.enqueue(row)
-        if self._crash is not None or self._closing.is_set():  # lost the race with a crash or close
-            self.lifecycle.fail_waiting(FinishReason.ERROR if self._crash else FinishReason.CANCELLED,
-                                        self._crash and "the engine failed")
-        self._wake.set()
+        self._host.check_can_serve()
+        stream = RequestStream(self.lifecycle.new_id(), self._host.cancel)
+        row = new_row(self._rows, stream, ids, params, stop_strings, output_replacements,
+                      stop_token_ids, session_key)
+        self._host.enqueue(row)
         return stream
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Prompt ids must be below this: the embedding rows (the config's), else the tokenizer's."""
+        size = getattr(getattr(self.model.model, "config", None), "vocab_size", None)
+        return int(size) if isinstance(size, int) else tokenizer_vocab_size(self.model.tokenizer)
 
     def score(self, ids: Sequence[int], start: int, *, top: int = 0) -> Future[tuple[TokenLogprob, ...]]:
         """Logprobs of ``ids[start:]`` (teacher-forced, one forward), computed on the engine thread
@@ -214,20 +165,22 @@ class Engine:
         of whatever generates.
 
         Raises:
-            InvalidParameter: nothing to score, ``top`` out of 0..20, or over the context window.
+            InvalidParameter: nothing to score, ``top`` out of 0..20, an id outside the vocabulary,
+                or over the context window.
         """
         from .scoring import check_score_request
 
         job_ids = tuple(int(i) for i in ids)
         check_score_request(job_ids, start, top, int(getattr(self.model, "context_window", 0) or 0))
+        check_prompt(job_ids, window=0, vocab_size=self.vocab_size)
         self.start()
-        self._raise_if_failed()
+        self._host.check_can_serve()
         job = ScoreJob(job_ids, start, top, Future())
         with self._lock:
             self._jobs.append(job)
-        if self._closing.is_set() or self._crash is not None:
+        if self._host.closing or self._host.failed:
             self._fail_jobs()
-        self._wake.set()
+        self._host.wake()
         return job.future
 
     def _run_jobs(self, decoder: BatchDecoder) -> None:
@@ -259,20 +212,43 @@ class Engine:
         """The session KV kept by the backend (None: it keeps none, or the engine has not started)."""
         return self._decoder.backend.kv_stats() if self._decoder is not None else None
 
-    def _raise_if_failed(self) -> None:
-        if self._crash is not None or (self._thread is not None and not self._thread.is_alive()):
-            raise EngineUnavailable(self._crash or "the engine thread stopped; restart the server")
+    # -- engine thread (the host's Worker and Stepper) ------------------------------------
+    def build(self) -> None:
+        """The step backend for the model (oneDNN packing, caches) and the decoder over it."""
+        from .backends import for_model
 
-    def _cancel(self, rid: Any) -> None:
-        if self.lifecycle.withdraw(rid):  # still queued: it never reaches the model
-            return
-        with self._lock:
-            self._cancelled.add(rid)
-        self._wake.set()
+        backend = self._backend or for_model(
+            self.model, prefix_cache_bytes=int(self.prefix_cache_mb * (1 << 20)),
+            session_kv_bytes=int(self.session_kv_budget_mb * (1 << 20)), onednn=self.onednn)
+        self._decoder = BatchDecoder(self.model, backend, on_retire=self._retire,
+                                     on_first_token=self.lifecycle.first_token,
+                                     prefill_chunk=self.prefill_chunk, rows=self._rows)
 
-    # -- engine thread -------------------------------------------------------------------
-    def _first_token(self, row: Row) -> None:
-        self.lifecycle.first_token(row.id)
+    def serve(self) -> None:
+        self._host.run_steps(self)
+
+    def has_work(self) -> bool:
+        return self._decoder is not None and self._decoder.has_work
+
+    def add(self, rows: list[Row]) -> None:
+        assert self._decoder is not None
+        for row in rows:
+            self._live[row.id] = row
+            self._decoder.add(row)
+
+    def cancel(self, ids: set[RequestId]) -> None:
+        assert self._decoder is not None
+        self._decoder.cancel(ids)
+
+    def between_steps(self) -> None:
+        if self._jobs:
+            assert self._decoder is not None
+            self._run_jobs(self._decoder)
+
+    def step(self) -> None:
+        assert self._decoder is not None
+        self._decoder.step()
+        self.steps += 1
 
     def _retire(self, row: Row) -> None:
         """Free the slot, then deliver the final event (the engine thread's only exit path)."""
@@ -280,73 +256,17 @@ class Engine:
         self._live.pop(row.id, None)
         self.lifecycle.retire(row.stream, row.finished)
 
-    def _admit(self, decoder: BatchDecoder) -> None:
-        for row in self.lifecycle.admit():
-            self._live[row.id] = row
-            decoder.add(row)
-
-    def _gather_burst(self, decoder: BatchDecoder) -> None:
-        """Before the first forward after idle, admit the rest of a burst that is still arriving.
-
-        Requests sent together reach the engine a few ms apart (each is parsed and tokenized on
-        the server's thread). Prefilling the first one alone would put the others a prefill
-        behind, and the batch would then run partial steps at both ends; waiting while arrivals
-        keep coming costs a lone request at most ``gather_s`` of time to first token.
-        """
-        if self.gather_s <= 0:
-            return
-        deadline = time.monotonic() + 8 * self.gather_s
-        while not self._closing.is_set() and self.gate.snapshot().running < self.gate.limit:
-            left = deadline - time.monotonic()
-            self._wake.clear()
-            if left <= 0 or not self._wake.wait(min(self.gather_s, left)):
-                return
-            self._admit(decoder)
-
-    def _run(self) -> None:
-        decoder = self._decoder
-        assert decoder is not None
-        last_heartbeat = time.monotonic()
+    def end_rows(self, reason: FinishReason, error: str | None) -> None:
+        """Finish every admitted request (each exactly once), however the loop ended."""
         try:
-            while not self._closing.is_set():
-                self._wake.clear()
-                before = self.gate.snapshot().waiting
-                self._admit(decoder)
-                with self._lock:
-                    cancelled, self._cancelled = self._cancelled, set()
-                if cancelled:
-                    decoder.cancel(cancelled)
-                if self._jobs:
-                    self._run_jobs(decoder)
-                now = time.monotonic()
-                if self.gate.snapshot().waiting != before or now - last_heartbeat >= _HEARTBEAT_S:
-                    self.lifecycle.announce_positions()
-                    last_heartbeat = now
-                if not decoder.has_work:
-                    self._wake.wait(0.25)
-                    continue
-                if not decoder.active and decoder.pending:  # woken from idle
-                    self._gather_burst(decoder)
-                decoder.step()
-                self.steps += 1
-        except BaseException as exc:  # never leave consumers hanging, whatever happened
-            log.exception("engine thread crashed")
-            self._crash = f"the engine thread crashed ({type(exc).__name__}); restart the server"
-            self._end_everything(decoder, FinishReason.ERROR, "the engine failed")
-        finally:
-            self._end_everything(decoder, FinishReason.CANCELLED)
-
-    def _end_everything(self, decoder: BatchDecoder, reason: FinishReason, error: str | None = None) -> None:
-        """Finish every admitted and queued request (each exactly once), however the loop ended."""
-        try:
-            decoder.fail_all(reason, error)
+            if self._decoder is not None:
+                self._decoder.fail_all(reason, error)
         except Exception:  # the backend could not even reset: the rows must still end
             log.exception("failing the engine's rows raised")
         for row in list(self._live.values()):  # rows the decoder lost track of mid-step
-            if row.finished is None:
-                usage = make_usage(len(row.prompt_ids), len(row.generated), t_submit=row.t_submit,
-                                   t_admit=row.t_admit, t_first=row.t_first)
-                row.finished = Finished(row.id, reason, "".join(row.parts), usage, error)
+            row.finish(reason, error)
             self._retire(row)
-        self.lifecycle.fail_waiting(reason, error)
         self._fail_jobs()
+
+    def release(self) -> None:
+        """Nothing to free: the model belongs to the LoadedModel, the caches go with the decoder."""

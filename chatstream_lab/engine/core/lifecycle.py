@@ -15,9 +15,9 @@ import time
 import uuid
 from typing import Generic, Protocol, TypeVar
 
-from ..admission import AdmissionGate
-from ..errors import QueueFull
-from ..types import Finished, FinishReason, LifecycleObserver, Queued, RequestId, Usage
+from ...admission import AdmissionGate
+from ...errors import QueueFull
+from ...types import Finished, FinishReason, LifecycleObserver, Queued, RequestId, Usage
 from .stream import RequestStream
 
 log = logging.getLogger(__name__)
