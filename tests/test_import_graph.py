@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"types", "errors", "config"},
     {"models", "prompts", "admission", "sessions", "stats"},
     {"engine"},
-    {"service"},
+    {"service", "switch"},
     {"server", "notebook"},
     {"lab", "cli", "console"},
 ]
@@ -26,6 +26,7 @@ SAME_LAYER_OK = {
     ("config", "errors"), ("config", "types"), ("errors", "types"),
     ("notebook", "server"),  # Endpoint serves the app; the server never imports the notebook
     ("cli", "console"), ("lab", "notebook"),
+    ("service", "switch"),  # Service.switch_model runs a ModelSwitch; the switch never imports the service
 }
 
 

@@ -101,6 +101,15 @@ class Endpoint:
         """The same snapshot ``GET /stats`` returns."""
         return self.service.stats()
 
+    def follow(self, config: ServeConfig, notice: str) -> int:
+        """Serve ``config`` from now on (the Lab switched models): same URL, same numbers; the
+        sessions' conversations are cleared, each user told ``notice``, only if the chat template
+        changed. Returns how many were cleared."""
+        self.service.config = config
+        self.config = config
+        cleared: int = self.chat_stream.follow_template(notice)
+        return cleared
+
     def stop(self, timeout: float = 10.0, *, drain_s: float = 0.0) -> None:
         """Stop the server: this endpoint's open streams are cancelled (their responses end with a
         final event), the thread is joined and the port freed. Idempotent. The Lab's engine keeps
