@@ -70,7 +70,7 @@ lint: setup
 # The whole package, then strict where the seams are (engine/, server/, service.py).
 typecheck: setup
 	$(BIN)/mypy
-	$(BIN)/mypy --strict --follow-imports=silent chatstream_lab/engine chatstream_lab/server chatstream_lab/service.py
+	$(BIN)/mypy --strict --follow-imports=silent chatstream_lab/engine chatstream_lab/server chatstream_lab/service.py chatstream_lab/switch.py
 
 test: setup browser lint typecheck openvino openvino-fp32 llama-server vllm lm-eval
 	$(BIN)/python -m pytest -q

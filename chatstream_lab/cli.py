@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -77,6 +83,10 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
                    help="accept this Host name (e.g. a reverse proxy's public name; '*.example.org', '*'); "
                         "repeatable. Default: on loopback only loopback names, on other interfaces any")
+    p.add_argument("--shutdown-timeout", type=_non_negative_float, default=10.0, metavar="SECONDS",
+                   help="on Ctrl-C or SIGTERM, new requests get 503 while open replies may finish for up "
+                        "to this long; the rest are then cancelled (each still ends with its final event). "
+                        "A second signal cancels them at once. Default 10; 0 = cancel at once")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default cpu)")
     add_backend_arguments(p)
     p.add_argument("--upstream", action="append", default=None, metavar="URL",
@@ -157,25 +167,37 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while loading: nothing is served yet, nothing to drain
+        print("\ninterrupted while loading", file=sys.stderr)
+        return 130
     try:  # the engine builds on its own thread (the server answers /health "starting" meanwhile);
         # the URL is printed once it can serve, so the first user does not wait for the build
         print("Warming up the engine…", file=sys.stderr, flush=True)
         chat_stream.service.warm(wait=True)
-    except ChatStreamLabError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ChatStreamLabError, KeyboardInterrupt) as exc:
+        print(f"error: {exc}" if isinstance(exc, ChatStreamLabError) else "\ninterrupted while warming up",
+              file=sys.stderr)
         server.stop()
         chat_stream.close()
-        return 2
+        return 2 if isinstance(exc, ChatStreamLabError) else 130
     print(f"Serving {model.name} at {page_url(server.url, token)}  config_id {chat_stream.service.config_id}  "
           "(Ctrl-C to stop)", flush=True)
+    return _serve_until_signalled(server, chat_stream, args.shutdown_timeout)
+
+
+def _serve_until_signalled(server: Any, chat_stream: Any, shutdown_timeout_s: float) -> int:
+    """Serve until SIGINT or SIGTERM, then stop gracefully (``server/shutdown.py``): exit status 0
+    when every open reply ended with its final event, 1 when the server could not be stopped."""
+    report = None
     try:
-        threading.Event().wait()  # the main thread keeps Python's own SIGINT -> KeyboardInterrupt
-    except KeyboardInterrupt:
-        print("\nStopping…", file=sys.stderr)
+        report = server.run_until_signalled(
+            shutdown_timeout_s, announce=lambda line: print(f"\n{line}", file=sys.stderr, flush=True))
     finally:
-        server.stop()
+        server.stop()  # idempotent: stops it on any path out
         chat_stream.close()
-    return 0
+    if report is not None:
+        print(f"Stopped: {report.summary()}.", file=sys.stderr, flush=True)
+    return 1 if server.running or (report is not None and report.unfinished) else 0
 
 
 def _saved_config(args: argparse.Namespace) -> Any:

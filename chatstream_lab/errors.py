@@ -9,9 +9,11 @@ data that explains it (not just text). HTTP status codes are mapped in one place
     │   └── InvalidParameter              a sampling / limit value out of range
     ├── ModelLoadError                    model or bundled package missing, bad dtype/device
     ├── TemplateError                     unknown preset, template that cannot render
+    ├── ModelClosed                       a LoadedModel used after close()
     ├── GenerationError                   the model failed while generating
     │   └── EngineUnavailable             the generator cannot serve now (HTTP 503 + Retry-After)
-    │       └── EngineClosed              it was closed, or the endpoint stopped (503)
+    │       ├── EngineClosed              it was closed (503 ``engine_closed``)
+    │       └── ShuttingDown              the server is stopping (503 ``shutting_down``)
     ├── AdmissionError
     │   └── QueueFull                     every slot busy and the queue is full (HTTP 429)
     ├── SessionError
@@ -48,6 +50,10 @@ class TemplateError(ChatStreamLabError):
     """A prompt template is unknown or cannot render the conversation."""
 
 
+class ModelClosed(ChatStreamLabError):
+    """A :class:`~chatstream_lab.models.LoadedModel` was used after ``close()`` freed its weights."""
+
+
 class GenerationError(ChatStreamLabError):
     """The model raised while generating. The request ended with finish reason ``error``."""
 
@@ -60,6 +66,11 @@ class EngineUnavailable(GenerationError):
 class EngineClosed(EngineUnavailable):
     """The generator was closed, or the endpoint serving it was stopped: HTTP 503. Create a new
     one (or call ``Lab.serve`` / ``start`` again)."""
+
+
+class ShuttingDown(EngineUnavailable):
+    """The server is stopping (SIGTERM, Ctrl-C, ``stop()``): it takes no new request. HTTP 503
+    ``shutting_down`` with ``Retry-After``: retry on another replica, or once it is back."""
 
 
 class AdmissionError(ChatStreamLabError):

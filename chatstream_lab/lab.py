@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .notebook.endpoint import Endpoint
     from .notebook.playground import Playground
     from .notebook.preview import StreamPreview
+    from .switch import ModelSwitch
 
 LabConfig = ServeConfig  # the name this value had before it moved to config.py
 
@@ -328,6 +329,57 @@ class Lab:
         reserve = 1 if self.endpoint is not None else 0
         return run_grid(self.service, self.config, inputs, variants, models, seeds, checks, reference,
                         book=self._grids, reserve=reserve, **options)
+
+    # -- the model -------------------------------------------------------------------------------------
+    def use_model(self, model: Any, *, template: Any = UNSET, drain_s: float = 60.0,
+                  close_previous: bool = False) -> ModelSwitch:
+        """Serve another model behind this Lab and its running endpoint; returns at once.
+
+        ``model``: a LoadedModel (torch, OpenVINO, remote, scripted) or what ``Lab(model=)`` takes.
+        From this call on, new requests (previews and HTTP alike) wait while the old engine
+        finishes what it had (at most ``drain_s`` seconds; the rest are then cancelled) and the new
+        one warms on its own thread; then they run on the new one. The URL, the limits, the numbers
+        (``/stats``, the dashboard, which marks the switch) and the sessions stay; ``/v1/models``
+        names the new model. The template follows the model where it was the model's own (else it
+        stays; ``template=`` picks one); if the endpoint's template changes, its sessions'
+        conversations are cleared, each user told why (``/get_prompt`` ``notice``).
+        ``close_previous`` closes the old model once drained (frees its weights).
+
+        Returns a :class:`~chatstream_lab.switch.ModelSwitch`: ``switch.result()`` (or ``await
+        switch``) waits for it; if the new engine cannot start, the old model serves again and
+        ``result()`` raises why.
+        """
+        from .prompts.variants import config_for_model
+
+        with self._lock:
+            self._check_open()
+            new_model = _load(model)
+            old_model, old_config, endpoint = self.model, self.config, self.endpoint
+            new_config = config_for_model(old_config, old_model.tokenizer, new_model.name, new_model.tokenizer,
+                                          template)
+            served_old = endpoint.config if endpoint is not None else None
+            served_new = None if served_old is None else config_for_model(
+                served_old, old_model.tokenizer, new_model.name, new_model.tokenizer, template)
+            notes: list[str] = []
+
+            def on_switch(current: Any) -> None:
+                """At the instant the served model changes (and back, if the switch rolls back)."""
+                to_new = current is new_model
+                self.model, self.config = (new_model, new_config) if to_new else (old_model, old_config)
+                self.service.config = self.config
+                if endpoint is not None and served_old is not None and served_new is not None:
+                    served = served_new if to_new else served_old
+                    notice = (f"this conversation was cleared: the server now runs {current.name}, whose chat "
+                              f"template ({served.template_name}) renders conversations differently")
+                    cleared = endpoint.follow(served, notice)
+                    if cleared:
+                        notes.append(f"{cleared} session conversation(s) cleared: the chat template changed "
+                                     f"to {served.template_name}")
+
+            switch = self.service.switch_model(new_model, drain_s=drain_s, close_previous=close_previous,
+                                               on_switch=on_switch)
+            switch.notes = notes  # (a rollback adds its own note later)
+            return switch
 
     # -- serving --------------------------------------------------------------------------------------
     def serve(self, port: int | None = None, host: str = "127.0.0.1", *,

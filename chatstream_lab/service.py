@@ -16,21 +16,22 @@ from __future__ import annotations
 import dataclasses
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from .admission import AdmissionGate
+from .admission import AdmissionGate, GateSnapshot
 from .config import Limits, RequestLimits, SamplingParams, ServeConfig
 from .engine.core.capabilities import Capabilities
 from .engine.core.protocol import EngineHealth, EngineState, Generator
 from .engine.core.stream import RequestStream
 from .engine.factory import backend_name, build_generator, capabilities_of
-from .errors import ConfigError, EngineClosed
+from .errors import ConfigError, ShuttingDown
 from .prompts import EncodedPrompt, encode_messages, encode_reply, with_system_prompt
 from .prompts.output_format import OutputFormat
 from .prompts.resolve import resolve_served_template
 from .prompts.tools import ToolSpec
 from .stats import KVCacheStats, PrometheusExporter, StatsRecorder, StatsSnapshot
+from .switch import ModelSwitch, SwitchSides
 from .types import ReplyScore
 
 
@@ -52,9 +53,20 @@ class _Machinery:
         self._generator: Generator | None = generator
         self._gate: AdmissionGate[Any] = generator.gate if generator is not None else AdmissionGate(limits)
         self.capabilities: Capabilities = generator.capabilities if generator is not None else capabilities_of(model)
-        self.recorder = StatsRecorder(load=lambda: self._gate.snapshot(), kv_cache=self._kv_cache_stats)
+        self.recorder = StatsRecorder(load=self._load, kv_cache=self._kv_cache_stats)
         self.exporter = PrometheusExporter(self.recorder)
         self._lock = threading.Lock()
+        self._switch: ModelSwitch | None = None
+        self._draining: tuple[Generator | None, AdmissionGate[Any]] | None = None  # the old side of a switch
+
+    def _load(self) -> GateSnapshot:
+        """Running and waiting for the numbers: during a switch, the old engine's still count."""
+        snap = self._gate.snapshot()
+        draining = self._draining
+        if draining is None:
+            return snap
+        old = draining[1].snapshot()
+        return dataclasses.replace(snap, running=snap.running + old.running, waiting=snap.waiting + old.waiting)
 
     @property
     def gate(self) -> AdmissionGate[Any]:
@@ -63,6 +75,12 @@ class _Machinery:
     @property
     def built(self) -> Generator | None:
         return self._generator
+
+    @property
+    def switching(self) -> ModelSwitch | None:
+        """The switch in progress, if any."""
+        switch = self._switch
+        return switch if switch is not None and not switch.done else None
 
     def _kv_cache_stats(self) -> KVCacheStats | None:
         built = self._generator
@@ -76,12 +94,58 @@ class _Machinery:
 
     def close(self) -> None:
         with self._lock:
-            generator = self._generator
+            generator, draining = self._generator, self._draining
+            self._draining = None
+            if draining is not None and draining[0] is not None:
+                draining[0].close()  # a switch in progress: its old engine too
             if self._shared is not None or generator is None:
                 return
             self._generator = None
             self._gate = AdmissionGate(self.limits)
         generator.close()
+
+    def switch(self, model: Any, *, drain_s: float, close_previous: bool,
+               on_switch: Callable[[Any], None]) -> ModelSwitch:
+        """Serve ``model`` from now on (see ``switch.py``); ``on_switch(model)`` runs at the instant
+        the served model changes (and again with the old one if the switch rolls back)."""
+        _check_open(model)
+        with self._lock:
+            if self._shared is not None:
+                raise ConfigError("this service serves a generator it was given; switch that generator's "
+                                  "owner instead", name="model")
+            if self._switch is not None and not self._switch.done:
+                raise ConfigError(f"a switch is in progress ({self._switch!r}); wait for it "
+                                  "(.result() or await) before the next one", name="model")
+            old_model, old_gen, old_gate, old_caps = self.model, self._generator, self._gate, self.capabilities
+            new_gate: AdmissionGate[Any] = AdmissionGate(self.limits)
+            new_gate.hold()  # new requests wait there while the old engine drains
+            new_gen = build_generator(model, new_gate, self.recorder, **self.engine_options)
+            self.model, self._generator, self._gate = model, new_gen, new_gate
+            self.capabilities = capabilities_of(model)
+            self._draining = (old_gen, old_gate)
+            on_switch(model)
+            self.recorder.on_model_change(old_model.name, model.name)
+
+            def close_old() -> None:
+                with self._lock:
+                    self._draining = None
+                if old_gen is not None:
+                    old_gen.close()  # cancels what the drain left, each with its final event
+                if close_previous and old_model is not model:
+                    old_model.close()
+
+            def rollback(error: BaseException) -> None:
+                with self._lock:
+                    self.model, self._generator, self._gate, self.capabilities = old_model, old_gen, old_gate, old_caps
+                    self._draining = None
+                    on_switch(old_model)
+                    self.recorder.on_model_change(model.name, old_model.name)
+                new_gen.close()
+
+            sides = SwitchSides(old_model.name, model.name, old_gen, old_gate, new_gen, new_gate)
+            self._switch = ModelSwitch(sides, drain_s=drain_s, close_old=close_old, rollback=rollback)
+        new_gen.start()  # builds on its own thread
+        return self._switch.start()
 
     def relimit(self, limits: Limits) -> None:
         if limits == self.limits:
@@ -134,6 +198,7 @@ class Service:
         engine (``prefill_chunk``, ``gather_s``, ``prefix_cache_mb``, ``session_kv_budget_mb``,
         ``onednn``; for a remote model ``timeout_s``, ``retry_after_s``).
         """
+        _check_open(model)
         if config is None:
             resolved = resolve_served_template(template, model.tokenizer)
             if system_prompt is not None:
@@ -154,13 +219,41 @@ class Service:
         """
         return Service(self._m, config, request_limits=request_limits or self.request_limits, tracked=tracked)
 
+    def switch_model(self, model: Any, *, drain_s: float = 60.0, close_previous: bool = False,
+                     on_switch: Callable[[Any], None] | None = None) -> ModelSwitch:
+        """Serve ``model`` (a LoadedModel) instead, behind every view of this service; returns a
+        :class:`~chatstream_lab.switch.ModelSwitch` at once.
+
+        From this call on, new requests queue for the new engine, which warms on its own thread,
+        while the old engine finishes what it had (at most ``drain_s`` seconds; the rest are then
+        cancelled, each with its final event); then the new one admits them. The gate's limits,
+        the recorder and its history stay. ``close_previous`` closes the old model once drained
+        (frees its weights); ``on_switch(model)`` runs at the instant the served model changes (the
+        caller moves its views' configurations over). If the new engine cannot be built, the old
+        one serves again and the handle's ``result()`` raises why.
+        """
+        return self._m.switch(model, drain_s=drain_s, close_previous=close_previous,
+                              on_switch=on_switch or (lambda _model: None))
+
     def set_limits(self, limits: Limits) -> None:
         """Serve with other admission ``limits`` from now on: the generator is replaced by a fresh
         one (it must be idle); the recorder and its numbers are kept. Every view sees the change."""
         self._m.relimit(limits)
 
+    def stop_accepting(self) -> None:
+        """Refuse new requests through this view (:class:`~chatstream_lab.errors.ShuttingDown`,
+        HTTP 503) and let the open ones finish: the first step of a graceful stop."""
+        with self._streams_lock:
+            self._detached = True
+
+    @property
+    def accepting(self) -> bool:
+        """False from :meth:`stop_accepting` / :meth:`detach` until :meth:`attach`."""
+        return not self._detached
+
     def detach(self) -> None:
-        """Refuse new requests through this view and cancel its open ones (a tracked view's)."""
+        """Refuse new requests through this view and cancel its open ones (a tracked view's):
+        each ends with its engine's ``Finished(CANCELLED)`` within about a decode step."""
         with self._streams_lock:
             self._detached = True
             streams = list(self._streams or ())
@@ -253,10 +346,16 @@ class Service:
 
     def submit_encoded(self, encoded: EncodedPrompt, params: SamplingParams | None = None, *,
                        session_key: str | None = None) -> RequestStream:
-        """Submit an already-encoded prompt (``params`` default: the configuration's)."""
+        """Submit an already-encoded prompt (``params`` default: the configuration's).
+
+        Raises QueueFull (every slot busy, queue full), ShuttingDown (the view stops accepting),
+        ModelClosed (the model was closed).
+        """
+        _check_open(self.model)
         with self._streams_lock:
             if self._detached:
-                raise EngineClosed("this endpoint was stopped")
+                raise ShuttingDown("this endpoint is stopping and takes no new requests; retry on "
+                                   "another replica, or once it is back")
             extra: dict[str, Any] = {} if encoded.messages is None else {"messages": encoded.messages}
             stream = self.generator.start().submit(
                 encoded.ids, params or self.config.params, stop_strings=encoded.stop_strings,
@@ -293,7 +392,11 @@ class Service:
 
     def health(self) -> EngineHealth:
         """The generator's state (``idle`` before the first request or :meth:`warm`, ``starting``
-        while its thread builds the engine)."""
+        while its thread builds the engine; ``running`` with a detail during a model switch, which
+        takes requests: they wait for the new engine)."""
+        switching = self._m.switching
+        if switching is not None:
+            return EngineHealth(EngineState.RUNNING, self.backend, f"switching models: {switching!r}")
         built = self._m.built
         if built is None:
             return EngineHealth(EngineState.IDLE, self.backend)
@@ -328,3 +431,10 @@ def _request_limits(limits: RequestLimits | None, max_input_chars: int | None) -
     if max_input_chars is None or max_input_chars == limits.max_input_chars:
         return limits
     return dataclasses.replace(limits, max_input_chars=max_input_chars)
+
+
+def _check_open(model: Any) -> None:
+    """ModelClosed for a closed LoadedModel (other model objects have no lifecycle)."""
+    check = getattr(model, "check_open", None)
+    if callable(check):
+        check()

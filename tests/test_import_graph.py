@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"types", "errors", "config", "constraint"},
     {"models", "prompts", "structured", "admission", "sessions", "stats"},
     {"engine"},
-    {"service"},
+    {"service", "switch"},
     {"server", "notebook"},
     {"experiments"},  # the prompt-experiment grid: a client of service, shown by notebook widgets
     {"lab", "cli", "console"},
@@ -29,6 +29,7 @@ SAME_LAYER_OK = {
     ("prompts", "structured"),  # a request's schemas are checked where they are read
     ("notebook", "server"),  # Endpoint serves the app; the server never imports the notebook
     ("cli", "console"), ("lab", "notebook"),
+    ("service", "switch"),  # Service.switch_model runs a ModelSwitch; the switch never imports the service
 }
 
 

@@ -56,6 +56,23 @@ class AdmissionGate(Generic[P]):
         self._waiting: OrderedDict[RequestId, Any] = OrderedDict()
         self._running: set[RequestId] = set()
         self._rejected_total = 0
+        self._held = False
+
+    def hold(self) -> None:
+        """Admit nothing until :meth:`release_hold`: requests still queue (and hear their position)
+        and QueueFull still applies. A model switch holds the new engine's gate while the old one
+        drains, so the two never run together."""
+        with self._lock:
+            self._held = True
+
+    def release_hold(self) -> None:
+        """Admit again (the engine admits at its next look at the gate; wake it to make that now)."""
+        with self._lock:
+            self._held = False
+
+    @property
+    def held(self) -> bool:
+        return self._held
 
     def enqueue(self, request_id: RequestId, payload: P | None = None) -> int:
         """Put ``request_id`` in line; returns its 1-based queue position.
@@ -80,7 +97,7 @@ class AdmissionGate(Generic[P]):
     def admit_entries(self, max_count: int | None = None) -> list[tuple[RequestId, P]]:
         """Like :meth:`admit`, with each id's payload."""
         with self._lock:
-            free = self.limit - len(self._running)
+            free = 0 if self._held else self.limit - len(self._running)
             if max_count is not None:
                 free = min(free, max_count)
             admitted: list[tuple[RequestId, P]] = []

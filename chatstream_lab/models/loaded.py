@@ -1,12 +1,26 @@
-"""The value every other stage receives: a model, its tokenizer, and where they came from."""
+"""The value every other stage receives: a model, its tokenizer, and where they came from.
+
+A :class:`LoadedModel` has a lifecycle: ``close()`` (or leaving a ``with`` block) closes every
+engine built on it and frees its weights, so a notebook can try one model after another without
+running out of memory; a closed model refuses further use with
+:class:`~chatstream_lab.errors.ModelClosed`.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import gc
+import logging
+import threading
+import weakref
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import ModelRef, SamplingParams
+from ..errors import ModelClosed
+
+log = logging.getLogger(__name__)
 
 
 class Backend(str, Enum):
@@ -20,6 +34,46 @@ class Backend(str, Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+class Closable(Protocol):
+    def close(self) -> Any: ...
+
+
+def closed_error(name: str) -> ModelClosed:
+    return ModelClosed(f"the model {name!r} was closed (its weights are freed); load it again with "
+                       "load_model(...), or pass another model")
+
+
+class ReleasedWeights:
+    """What ``LoadedModel.model`` is after ``close()``: every use of it raises
+    :class:`~chatstream_lab.errors.ModelClosed` naming the model, so code that kept the
+    LoadedModel (an engine, a widget, a notebook cell) fails with the fix instead of running on
+    freed weights."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "name", name)
+
+    def __getattr__(self, attribute: str) -> Any:
+        raise closed_error(self.name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__getattr__("__call__")
+
+    def __repr__(self) -> str:
+        return f"<released weights of {self.name!r}>"
+
+
+class _Lifecycle:
+    """The mutable part of a frozen LoadedModel: whether it is closed, and the engines built on it
+    (held weakly: an engine closed and dropped on its own is simply forgotten)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.closed = False
+        self.users: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 @dataclass(frozen=True, eq=False)
@@ -43,9 +97,60 @@ class LoadedModel:
     # SamplingParams fields this model is best served with when the user sets none (the Lab, the
     # CLI and the console chat start from them; the seed ChatStream keeps its documented defaults)
     sampling_defaults: tuple[tuple[str, Any], ...] = field(default=())
+    _lifecycle: _Lifecycle = field(default_factory=_Lifecycle, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))  # accept the plain string too
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._lifecycle.closed
+
+    def check_open(self) -> None:
+        """Raise :class:`~chatstream_lab.errors.ModelClosed` if :meth:`close` was called."""
+        if self._lifecycle.closed:
+            raise closed_error(self.name)
+
+    def close_with(self, user: Closable) -> None:
+        """Close ``user`` (an engine built on this model) when this model closes. Held weakly.
+
+        Raises:
+            ModelClosed: the model is already closed.
+        """
+        with self._lifecycle.lock:
+            self.check_open()
+            self._lifecycle.users.add(user)
+
+    def close(self) -> None:
+        """Close every engine built on this model (their open requests end, cancelled) and free
+        the weights: a torch model's parameters and buffers move to the ``meta`` device, so their
+        memory is returned even where something still holds the module. OpenVINO's compiled
+        pipeline lives in its engine and goes with it; a remote model has nothing to free.
+        ``model`` becomes :class:`ReleasedWeights`. Idempotent; afterwards every use raises
+        ModelClosed.
+        """
+        with self._lifecycle.lock:
+            if self._lifecycle.closed:
+                return
+            self._lifecycle.closed = True
+            users = list(self._lifecycle.users)
+            self._lifecycle.users.clear()
+        for user in users:
+            try:
+                user.close()
+            except Exception:
+                log.exception("closing an engine of %s failed; freeing the weights anyway", self.name)
+        _free_weights(self.model)
+        # drop the module too: what is keyed by it (packed weight copies) goes with it
+        object.__setattr__(self, "model", ReleasedWeights(self.name))
+        return_freed_memory()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def default_params(self) -> SamplingParams:
@@ -64,8 +169,9 @@ class LoadedModel:
         return bool(getattr(self.model, "is_scripted", False))
 
     def __repr__(self) -> str:
+        closed = ", closed" if self.closed else ""
         return (f"LoadedModel(name={self.name!r}, backend={str(self.backend)!r}, device={self.device!r}, "
-                f"dtype={self.dtype!r}, context_window={self.context_window})")
+                f"dtype={self.dtype!r}, context_window={self.context_window}{closed})")
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -75,6 +181,28 @@ class LoadedModel:
             for k, v in [("name", self.name), ("backend", self.backend), ("source", self.source),
                          ("device", self.device),
                          ("dtype", self.dtype), ("context window", self.context_window),
-                         ("defaults", ", ".join(f"{k}={v}" for k, v in self.sampling_defaults) or "-")]
+                         ("defaults", ", ".join(f"{k}={v}" for k, v in self.sampling_defaults) or "-"),
+                         *([("state", "closed (weights freed)")] if self.closed else [])]
         )
         return f"<table><caption>LoadedModel</caption>{rows}</table>"
+
+
+def _free_weights(model: Any) -> None:
+    """Release a torch module's tensors in place (to the ``meta`` device: no storage at all)."""
+    parameters = getattr(model, "parameters", None)
+    to = getattr(model, "to", None)
+    if callable(parameters) and callable(to):
+        try:
+            to("meta")
+        except Exception:  # a module that refuses to move (some quantized ones): dropped with its engine
+            log.warning("could not free the weights of %s in place", type(model).__name__, exc_info=True)
+
+
+def return_freed_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the OS (glibc's ``malloc_trim``),
+    so the process's RSS falls after a model is closed rather than staying at its peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): the pages stay reusable in-process
+        pass

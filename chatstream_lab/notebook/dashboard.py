@@ -118,6 +118,8 @@ class Dashboard:
         self._stopping = False
         self._ended = False  # ``alive()`` said the endpoint stopped: the last frame says so
         self.last: StatsSnapshot | None = None
+        self.model_marks: list[tuple[float, str]] = []  # (seconds on this plot, the model switched to)
+        self._mark_artists: list[Any] = []
 
     # -- data and drawing (kernel loop only) -------------------------------------------------------
     def sample(self) -> Sample:
@@ -125,6 +127,8 @@ class Dashboard:
         self.last = snap
         s = Sample.of(time.monotonic() - self._t0, snap)
         self.samples.append(s)
+        # a model switch, placed on this plot's clock (the recorder counts from its own start)
+        self.model_marks = [(s.t - (snap.uptime_s - change.t), change.new) for change in snap.model_changes]
         return s
 
     @property
@@ -173,12 +177,28 @@ class Dashboard:
             ys = [y for line in ax.get_lines() for y in line.get_ydata() if y == y]  # (NaN != NaN)
             ax.set_xlim(xs[0] if xs else 0, max(xs[-1] if xs else 1, (xs[0] if xs else 0) + 10))
             ax.set_ylim(0, max([1.0, *ys]) * 1.1)
+        self._draw_model_marks(fig, xs[0] if xs else 0.0)
         s = self.last
         if s is not None:
-            fig.suptitle(header_text(s, self.title, stopped=self._ended), fontsize=10)
+            model = f"model {self.model_marks[-1][1]} · " if self.model_marks else ""
+            fig.suptitle(header_text(s, f"{self.title} {model}".strip(), stopped=self._ended), fontsize=10)
         if self.mode == "ipympl":
             fig.canvas.draw_idle()
         self.frames += 1
+
+    def _draw_model_marks(self, fig: Any, start: float) -> None:
+        """A dotted line where the served model was switched, named on the first plot."""
+        for artist in self._mark_artists:
+            artist.remove()
+        self._mark_artists = []
+        for t, model in self.model_marks:
+            if t < start:
+                continue
+            for ax in fig.axes:
+                self._mark_artists.append(ax.axvline(t, color="grey", linestyle=":", linewidth=1))
+            self._mark_artists.append(fig.axes[0].annotate(
+                f"→ {model}", (t, 1.0), xycoords=("data", "axes fraction"), fontsize=8, color="grey",
+                xytext=(2, -10), textcoords="offset points"))
 
     def refresh(self, *, force: bool = True) -> bool:
         """Take a sample, redraw, and update the displayed figure. With ``force=False`` (the

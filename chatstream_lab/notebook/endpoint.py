@@ -102,13 +102,29 @@ class Endpoint:
         """The same snapshot ``GET /stats`` returns."""
         return self.service.stats()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def follow(self, config: ServeConfig, notice: str) -> int:
+        """Serve ``config`` from now on (the Lab switched models): same URL, same numbers; the
+        sessions' conversations are cleared, each user told ``notice``, only if the chat template
+        changed. Returns how many were cleared."""
+        self.service.config = config
+        self.config = config
+        cleared: int = self.chat_stream.follow_template(notice)
+        return cleared
+
+    def stop(self, timeout: float = 10.0, *, drain_s: float = 0.0) -> None:
         """Stop the server: this endpoint's open streams are cancelled (their responses end with a
         final event), the thread is joined and the port freed. Idempotent. The Lab's engine keeps
-        running for previews."""
+        running for previews.
+
+        ``drain_s`` > 0: stop gracefully instead: new requests get 503 ``shutting_down`` while
+        the open replies may finish for up to ``drain_s`` seconds; the rest are then cancelled.
+        """
         self._stopped = True
-        self.service.detach()  # cancel this endpoint's generations first, so responses end promptly
-        self.server.stop(timeout)
+        if drain_s > 0:
+            self.server.stop(timeout, drain_s=drain_s)
+        else:
+            self.service.detach()  # cancel this endpoint's generations first, so responses end promptly
+            self.server.stop(timeout)
         with _LIVE_LOCK:
             _LIVE.discard(self)
 

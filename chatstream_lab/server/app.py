@@ -158,11 +158,15 @@ def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
     @app.get("/health")
     async def health() -> JSONResponse:
         """200 while the generator can serve; 503 with ``Retry-After`` while its engine is still
-        being built (``starting``) or when it cannot serve (for a load balancer)."""
+        being built (``starting``), when it cannot serve, or while the server is stopping
+        (``shutting_down``: a load balancer stops sending requests here while the open ones drain)."""
         state = service.health()
-        if state.ok:
+        if state.ok and service.accepting:
             return JSONResponse({"status": "ok", "engine": state.as_dict()})
-        status = "starting" if state.state is EngineState.STARTING else "unavailable"
+        if not service.accepting:
+            status = "shutting_down"
+        else:
+            status = "starting" if state.state is EngineState.STARTING else "unavailable"
         return JSONResponse({"status": status, "engine": state.as_dict()}, status_code=503,
                             headers={"Retry-After": str(RETRY_AFTER_S)})
 

@@ -9,7 +9,8 @@ stay the kernel's). ``stop()`` first tells the app it is stopping (``on_stop``, 
 generations and cancel the open ones, so every stream ends with its final event at once instead of
 being cut by uvicorn's graceful timeout), then asks uvicorn to exit, lets the tasks still on its
 loop finish, joins the thread and closes the socket, so the same object (or a new one on the same
-port) can start again.
+port) can start again. ``stop(drain_s=...)`` lets the open replies finish first (bounded) while
+new requests get 503 ``shutting_down`` (``server/shutdown.py``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import uvicorn
 
 from ..errors import ServerStartError
+from .shutdown import Drainable, DrainReport, StopSignals, drain
 from .timeouts import DEFAULT_HEADER_TIMEOUT_S, header_timeout_protocol
 
 log = logging.getLogger(__name__)
@@ -53,9 +55,12 @@ class BackgroundServer:
         graceful_timeout_s: how long ``stop()`` lets open requests finish before uvicorn cancels
             them (a backstop: ``on_stop`` normally ends every stream first).
         on_stop: called first in ``stop()`` to end the app's open streams; default
-            ``app.state.begin_shutdown`` when the app has one.
+            ``app.state.begin_shutdown`` when the app has one, else ``served.detach``.
         header_timeout_s: a connection whose request head is not complete this long after it
             opened (or after its previous response) is closed (slow-header clients).
+        served: what ``stop(drain_s=...)`` drains (a :class:`~chatstream_lab.service.Service`,
+            e.g. ``chat_stream.service`` for a seed-style app of your own); default
+            ``app.state.service``, which ``create_app`` sets.
         uvicorn_options: passed to ``uvicorn.Config`` (e.g. ``timeout_keep_alive``, ``http``).
 
     Example::
@@ -67,9 +72,11 @@ class BackgroundServer:
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *, log_level: str = "warning",
                  graceful_timeout_s: float = 3.0, on_stop: Callable[[], object] | None = None,
-                 header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, **uvicorn_options: Any) -> None:
+                 header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, served: Drainable | None = None,
+                 **uvicorn_options: Any) -> None:
         self.app = app
         self.on_stop = on_stop
+        self.served = served
         self.host = host
         self.requested_port = port
         self.port: int | None = None
@@ -133,11 +140,25 @@ class BackgroundServer:
                 from error
         return self
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, *, drain_s: float = 0.0,
+             cut: Callable[[], bool] | None = None) -> DrainReport | None:
         """End the app's open streams, ask uvicorn to exit, join its thread and free the port
-        (idempotent)."""
+        (idempotent).
+
+        ``drain_s`` > 0 stops gracefully first (:func:`~chatstream_lab.server.shutdown.drain`):
+        new requests get 503 ``shutting_down`` while the open replies may finish for up to
+        ``drain_s`` seconds (or until ``cut()`` is true); the rest are then cancelled, each
+        ending with its final event. Returns that drain's report (None without a drain, or for an
+        app that has no ``state.service``: uvicorn's graceful timeout is then ``drain_s``).
+        """
         server, thread = self._server, self._thread
+        report: DrainReport | None = None
         if server is not None and thread is not None and thread.is_alive():
+            served = self._drainable()
+            if drain_s > 0 and served is not None:
+                report = drain(served, drain_s, cut=cut or (lambda: False))
+            elif drain_s > 0:
+                server.config.timeout_graceful_shutdown = drain_s  # type: ignore[assignment]
             self._begin_shutdown()
         if server is not None:
             server.should_exit = True
@@ -150,6 +171,24 @@ class BackgroundServer:
             with contextlib.suppress(OSError):
                 self._socket.close()
         self._server = self._thread = self._socket = None
+        return report
+
+    def run_until_signalled(self, shutdown_timeout_s: float = 10.0, *,
+                            announce: Callable[[str], object] | None = None) -> DrainReport | None:
+        """Block until SIGINT or SIGTERM, then stop gracefully: ``stop(drain_s=shutdown_timeout_s)``,
+        a second signal cutting the drain short, a third ending the process. For a script's main
+        thread (the CLI calls it; so can a seed-style app of your own, with ``served=``), never a
+        kernel's. ``announce`` gets one line when the stop begins. Returns the drain's report.
+        """
+        with StopSignals() as signals:
+            sig = signals.wait()
+            if announce is not None:
+                served = self._drainable()
+                count = len(served.open_streams()) if served is not None else 0
+                announce(f"{sig.name}: stopping; new requests get 503. Letting {count} open "
+                         f"repl{'y' if count == 1 else 'ies'} finish (up to {shutdown_timeout_s:g} s; "
+                         "send it again to cancel them now)…")
+            return self.stop(drain_s=shutdown_timeout_s, cut=signals.repeated)
 
     def __enter__(self) -> BackgroundServer:
         return self.start()
@@ -162,8 +201,16 @@ class BackgroundServer:
         return f"<BackgroundServer {state}>"
 
     # -- internals ------------------------------------------------------------------------
+    def _drainable(self) -> Drainable | None:
+        """``served``, else the app's Service (``create_app`` sets ``app.state.service``), if any."""
+        if self.served is not None:
+            return self.served
+        served = getattr(getattr(self.app, "state", None), "service", None)
+        return served if callable(getattr(served, "stop_accepting", None)) else None
+
     def _begin_shutdown(self) -> None:
-        hook = self.on_stop or getattr(getattr(self.app, "state", None), "begin_shutdown", None)
+        hook = self.on_stop or getattr(getattr(self.app, "state", None), "begin_shutdown", None) or \
+            getattr(self.served, "detach", None)
         if callable(hook):
             try:
                 hook()

@@ -24,7 +24,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ..config import Limits, RequestLimits, SamplingParams, ServeConfig
+from ..config import Limits, RequestLimits, SamplingParams, ServeConfig, template_fingerprint
 from ..errors import ChatStreamLabError, ConfigError
 from ..prompts import encode_chat_prompt
 from ..service import Service
@@ -38,6 +38,7 @@ from .framing import MESSAGE_ID_HEADER, Framing, make_encoder
 from .guard import RequestGuardMiddleware
 from .requests import generation_param_changes, parse_chat_stream, parse_json_object
 from .session_cookie import CookieSettings, LazySessionHandle, SessionCookies, SessionMiddleware, is_https
+from .shutdown import LifespanDrainMiddleware
 from .streaming import EventStreamResponse, Outcome
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class ChatStream:
             raise ConfigError("with service=, the request limits are the service's "
                               "(Service.build(request_limits=...))", name="request_limits")
         self.service = service
+        self._chat_prompt_clazz = chat_prompt_clazz
+        self._session_template = template_fingerprint(service.template)  # what the conversations follow
         self.sessions = SessionStore(conversation.prompt_factory(chat_prompt_clazz, service.template),
                                      service.default_params, ttl_s=session_ttl_s, max_sessions=max_sessions,
                                      max_history_turns=max_history_turns, max_session_chars=max_session_chars,
@@ -181,6 +184,19 @@ class ChatStream:
         """
         self.service.close()
 
+    def follow_template(self, notice: str) -> int:
+        """The service now renders with another template (a model switch): if it differs from the
+        one the conversations were kept for, every session's conversation starts over and its user
+        is told ``notice`` (``/get_prompt`` ``notice``, until their next turn). Returns how many
+        conversations were cleared."""
+        template = self.service.template
+        if template_fingerprint(template) == self._session_template:
+            return 0
+        self._session_template = template_fingerprint(template)
+        cleared = self.sessions.reset_all(conversation.prompt_factory(self._chat_prompt_clazz, template), notice)
+        log.info("cleared %d conversations: %s", cleared, notice)
+        return cleared
+
     def append_middlewares(self, app: Any, *, allowed_hosts: Sequence[str] | None = None,
                            allowed_origins: Sequence[str] = ()) -> None:
         """Add the session middleware (seed name) so every route sees ``request.state.session``,
@@ -189,6 +205,8 @@ class ChatStream:
         app.add_middleware(BodyLimitMiddleware, max_body_bytes=self.request_limits.max_body_bytes)
         app.add_middleware(RequestGuardMiddleware, allowed_hosts=allowed_hosts,
                            allowed_origins=tuple(allowed_origins))
+        # under plain uvicorn: streams cancelled at its graceful timeout still send their final event
+        app.add_middleware(LifespanDrainMiddleware)
 
     # -- sessions -------------------------------------------------------------------------------
     def session_of(self, request: Request) -> LazySessionHandle:
@@ -271,6 +289,8 @@ class ChatStream:
             "messages": conversation.messages_of(prompt),
             # oldest turns trimmed to fit the window / the cap
             "dropped_turns": session.dropped_turns if session is not None else 0,
+            # why the conversation was cleared (the served model's chat template changed)
+            "notice": session.notice if session is not None else None,
         }))
 
     async def handle_get_generation_params_request(self, request: Request) -> Response:

@@ -27,10 +27,12 @@ from ..errors import (
     EngineClosed,
     EngineUnavailable,
     InvalidParameter,
+    ModelClosed,
     NothingToRegenerate,
     QueueFull,
     SessionBusy,
     SessionError,
+    ShuttingDown,
     TemplateError,
 )
 from ..types import Finished
@@ -106,8 +108,10 @@ _TABLE: tuple[tuple[type[BaseException], int, str], ...] = (
     (ConfigError, 400, "invalid_request"),
     (TemplateError, 422, "template_error"),
     (Unauthorized, 401, "unauthorized"),
+    (ShuttingDown, 503, "shutting_down"),
     (EngineClosed, 503, "engine_closed"),
     (EngineUnavailable, 503, "engine_unavailable"),
+    (ModelClosed, 503, "model_closed"),
 )
 
 

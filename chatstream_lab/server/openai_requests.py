@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import JSONResponse
 
 from ..config import RequestLimits, SamplingParams
-from ..errors import InvalidParameter
+from ..errors import InvalidParameter, ShuttingDown
 from ..types import Finished, FinishReason
-from .errors import BadRequest, error_body, public_generation_error
+from .errors import BadRequest, error_body, error_response, public_generation_error
 from .requests import InvalidJSON, check_stop, parse_json_object
 
 if TYPE_CHECKING:
@@ -182,6 +182,9 @@ def read_request(raw: bytes, limits: RequestLimits, kind: type[_Req]) -> _Req:
 def failure_response(service: Service, fin: Finished | None) -> JSONResponse | None:
     """The error response of a generation that did not finish well (None: it did)."""
     if fin is None or fin.finish_reason is FinishReason.CANCELLED:
+        if not service.accepting:  # cancelled because the server stops: retry elsewhere or later
+            return error_response(ShuttingDown("the server stopped before this reply was complete; "
+                                               "retry on another replica, or once it is back"))
         return JSONResponse(error_body("the request was cancelled", "cancelled"), status_code=499)
     if fin.finish_reason is FinishReason.ERROR:  # a remote engine's failure is a bad gateway
         remote = service.capabilities.remote

@@ -66,6 +66,7 @@ class Session:
     epoch: int = 0  # bumped by clear(); a turn begun in an older epoch is not committed
     chars: int = 0  # message characters held (conversation + remembered replies), see usage()
     dropped_turns: int = 0  # oldest user turns trimmed away since the last clear (window or cap)
+    notice: str | None = None  # why the conversation was cleared for this user (shown until the next turn)
 
 
 @dataclass(frozen=True, eq=False)
@@ -212,6 +213,7 @@ class SessionStore:
                 work.add_requester_msg(user_input)
                 work.add_responder_msg(None)
             session.busy = True
+            session.notice = None  # the user saw the cleared conversation; this is a new one
             return Turn(session.id, work, None if regenerate else user_input, regenerate,
                         session.params, session.epoch)
 
@@ -275,6 +277,24 @@ class SessionStore:
             session.dropped_turns = 0
             self._fit(session)
             self._forgot(session.id)
+
+    def reset_all(self, new_prompt: Callable[[], Any], notice: str) -> int:
+        """Every conversation starts over with ``new_prompt`` (and so do new sessions), each telling
+        its user ``notice`` until their next turn: what a switch to a model with another chat
+        template does (an old conversation rendered by the new template is not what it was).
+        Parameters and cookies stay; a turn in flight is not committed. Returns how many were
+        cleared."""
+        with self._lock:
+            self._new_prompt = new_prompt
+            sessions = list(self._sessions.values())
+            for session in sessions:
+                session.prompt = new_prompt()
+                session.epoch += 1
+                session.dropped_turns = 0
+                session.notice = notice
+                self._fit(session)
+                self._forgot(session.id)
+            return len(sessions)
 
     def set_prompt(self, session_id: str, prompt: Any) -> None:
         with self._lock:

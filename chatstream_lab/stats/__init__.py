@@ -2,7 +2,7 @@
 
 from .metrics import percentile, rate, window_rate
 from .prometheus import PrometheusExporter
-from .recorder import KVCacheStats, StatsPoint, StatsRecorder, StatsSnapshot
+from .recorder import KVCacheStats, ModelChange, StatsPoint, StatsRecorder, StatsSnapshot
 
-__all__ = ["KVCacheStats", "PrometheusExporter", "StatsPoint", "StatsRecorder", "StatsSnapshot", "percentile", "rate",
-           "window_rate"]
+__all__ = ["KVCacheStats", "ModelChange", "PrometheusExporter", "StatsPoint", "StatsRecorder", "StatsSnapshot",
+           "percentile", "rate", "window_rate"]

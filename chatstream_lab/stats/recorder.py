@@ -61,6 +61,15 @@ class KVCacheStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelChange:
+    """The served model changed at ``t`` (seconds since start): the dashboard marks it."""
+
+    t: float
+    old: str
+    new: str
+
+
+@dataclass(frozen=True, slots=True)
 class StatsSnapshot:
     """Counts and latency figures at one instant. Times are seconds; rates tokens per second."""
 
@@ -80,6 +89,7 @@ class StatsSnapshot:
     config_id: str
     history: tuple[StatsPoint, ...] = ()
     kv_cache: KVCacheStats | None = None  # None: the generator keeps no session KV
+    model_changes: tuple[ModelChange, ...] = ()  # every switch of the served model, oldest first
 
     def as_dict(self, *, with_history: bool = True) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -91,6 +101,7 @@ class StatsSnapshot:
             "completion_tokens_total": self.completion_tokens_total, "uptime_s": self.uptime_s,
             "config_id": self.config_id,
             "kv_cache": None if self.kv_cache is None else self.kv_cache.as_dict(),
+            "model_changes": [{"t": c.t, "from": c.old, "to": c.new} for c in self.model_changes],
         }
         if with_history:
             d["history"] = [
@@ -146,6 +157,7 @@ class StatsRecorder:
         # (first token, finish, completion tokens) of recent requests, for the windowed rate
         self._spans: deque[tuple[float, float, int]] = deque(maxlen=max_samples)
         self._history: deque[StatsPoint] = deque(maxlen=max_history)
+        self._model_changes: deque[ModelChange] = deque(maxlen=100)
 
     # -- LifecycleObserver ----------------------------------------------------------------
     def on_queued(self, request_id: RequestId) -> None:
@@ -184,6 +196,12 @@ class StatsRecorder:
                 self._spans.append((first if first is not None else now, now, usage.completion_tokens))
             self._sample()
 
+    def on_model_change(self, old: str, new: str) -> None:
+        """The served model was switched (``Service.switch_model``): the numbers go on."""
+        with self._lock:
+            self._model_changes.append(ModelChange(self._clock() - self._t0, old, new))
+            self._sample()
+
     # -- reading ----------------------------------------------------------------------------
     def snapshot(self, *, with_history: bool = True) -> StatsSnapshot:
         """An immutable copy of the current numbers (cheap enough to call a few times a second)."""
@@ -196,6 +214,7 @@ class StatsRecorder:
             history = tuple(self._history) if with_history else ()
             running, queued = self._counts_now()
             rejected, tokens_total = self._rejected, self._tokens_total
+            changes = tuple(self._model_changes)
         return StatsSnapshot(
             running=running, queued=queued, rejected=rejected,
             completed=counts[FinishReason.STOP] + counts[FinishReason.LENGTH],
@@ -205,7 +224,7 @@ class StatsRecorder:
             throughput_tokens_per_s=window_rate(spans, now, self.window_s),
             window_s=self.window_s, completion_tokens_total=tokens_total,
             uptime_s=now - self._t0, config_id=self.config_id, history=history,
-            kv_cache=self._kv_cache() if self._kv_cache is not None else None,
+            kv_cache=self._kv_cache() if self._kv_cache is not None else None, model_changes=changes,
         )
 
     def _counts_now(self) -> tuple[int, int]:

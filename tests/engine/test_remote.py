@@ -40,7 +40,8 @@ class Fake:
     """What the fake does next (tests change it between requests) and what it saw."""
 
     chunks: list[str] = field(default_factory=lambda: ["Hel", "lo", " world"])
-    mode: str = "ok"  # ok | 500 | refuse_ids | hang | hang_mid | malformed | cut_mid | error_event
+    mode: str = "ok"  # ok | 500 | refuse_ids | refuse_logprobs | hang | hang_mid | malformed | cut_mid | error_event
+    reports_ids: bool = False  # chunk i is token ID_BASE + i, reported when the body asks for ids
     delay: float = 0.0  # between chunks
     finish: str = "stop"
     health_status: int = 200
@@ -79,6 +80,9 @@ class Fake:
             return await _json(send, 500, {"error": {"message": "boom"}})
         if mode == "refuse_ids" and isinstance(body.get("prompt"), list):
             return await _json(send, 400, {"error": {"message": "token ids are not supported"}})
+        if mode == "refuse_logprobs" and "logprobs" in body:
+            return await _json(send, 400, {"error": {"message": "logprobs are not supported by this backend"}})
+        start = _resumes_at(body.get("prompt"), len(self.chunks))
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(_watch_disconnect(receive, gone))
         self.streaming += 1
@@ -88,6 +92,8 @@ class Fake:
             await send({"type": "http.response.start", "status": 200,
                         "headers": [(b"content-type", b"text/event-stream")]})
             for i, piece in enumerate(self.chunks):
+                if i < start:  # a continuation: these were generated already (a greedy model's own)
+                    continue
                 if i == 1 and mode in ("hang_mid", "malformed", "cut_mid", "error_event"):
                     if mode == "hang_mid" and await _wait(gone, 30):
                         return self._gone()
@@ -97,6 +103,8 @@ class Fake:
                         await _frame(send, b'data: {"error": {"message": "slot failed"}}\n\n')
                     return await send({"type": "http.response.body", "body": b"", "more_body": False})
                 choice = {"index": 0, "delta": {"content": piece}} if chat else {"index": 0, "text": piece}
+                if self.reports_ids and body.get("return_token_ids"):
+                    choice["token_ids"] = [ID_BASE + i]
                 await _frame(send, _sse({"choices": [{**choice, "finish_reason": None}]}))
                 if await _wait(gone, self.delay):
                     return self._gone()
@@ -115,6 +123,20 @@ class Fake:
 
     def _gone(self) -> None:
         self.disconnects += 1
+
+
+ID_BASE = 100  # the fake's token ids: chunk i is token ID_BASE + i
+
+
+def _resumes_at(prompt: Any, n_chunks: int) -> int:
+    """Where a deterministic upstream goes on: a prompt that ends with chunks 0..k-1's ids makes it
+    produce chunk k onwards (what a greedy model does with prompt + the ids generated so far)."""
+    if not isinstance(prompt, list):
+        return 0
+    for k in range(n_chunks, 0, -1):
+        if prompt[-k:] == [ID_BASE + i for i in range(k)]:
+            return k
+    return 0
 
 
 def _sse(obj: dict[str, Any]) -> bytes:
@@ -386,7 +408,10 @@ def test_failover_before_first_byte(fakes, engines, mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["cut_mid", "malformed", "hang_mid", "error_event"])
-def test_failure_after_text_ends_with_error_not_a_hang(fakes, engines, mode: str) -> None:
+def test_failure_after_text_that_cannot_continue_ends_with_error_not_a_hang(fakes, engines, mode: str) -> None:
+    """Without the generated ids (the upstream reports none) and without a local tokenizer to
+    re-encode the text, a reply cut after its first text cannot go on elsewhere: it ends with an
+    error, at once. (An error event is the upstream refusing this one request: never continued.)"""
     bad, other = fakes(), fakes()
     bad.mode = mode
     engine = engines(bad, other, timeout_s=0.5)
@@ -401,6 +426,55 @@ def test_failure_after_text_ends_with_error_not_a_hang(fakes, engines, mode: str
     assert other.bodies == []  # text was already streamed: no failover
     if mode == "error_event":  # that request failed there; the upstream itself stays in
         assert engine.health().state is EngineState.RUNNING
+
+
+@pytest.mark.parametrize("mode", ["cut_mid", "malformed", "hang_mid"])
+def test_a_reply_cut_mid_generation_continues_on_another_upstream_from_its_ids(fakes, engines, mode: str) -> None:
+    """The dying upstream reported the id of what it generated ("Hel" = token 100): the next one
+    is sent prompt ids + [100] with max_tokens one less, and the consumer sees one reply."""
+    bad, good = fakes(), fakes()
+    bad.mode, bad.reports_ids, good.reports_ids = mode, True, True
+    engine = engines(bad, good, timeout_s=0.5)
+    events = list(engine.submit(IDS, GREEDY))
+    fin = events[-1]
+    assert isinstance(fin, Finished) and (fin.finish_reason, fin.text) == (FinishReason.STOP, "Hello world"), fin
+    assert [e.text for e in events if isinstance(e, Delta)] == ["Hel", "lo", " world"]
+    assert sum(isinstance(e, Finished) for e in events) == 1
+    assert fin.usage is not None and (fin.usage.prompt_tokens, fin.usage.completion_tokens) == (4, 3)
+    (continued,) = good.bodies
+    assert continued["prompt"] == [*IDS, ID_BASE] and continued["max_tokens"] == GREEDY.max_new_tokens - 1
+    assert bad.bodies[0]["return_token_ids"] is True  # what made the ids come back
+
+
+def test_without_reported_ids_the_text_so_far_is_re_encoded_by_the_local_tokenizer(fakes, engines) -> None:
+    bad, good = fakes(), fakes()
+    bad.mode = "cut_mid"
+    tok = ByteTokenizer()
+    ids = tok.encode("Hi there", add_special_tokens=False)
+    engine = engines(bad, good, tokenizer=tok, timeout_s=0.5)
+    fin = engine.submit(ids, GREEDY).result(5)
+    assert fin.finish_reason is FinishReason.STOP and fin.text.startswith("Hel")
+    (continued,) = good.bodies
+    assert continued["prompt"] == [*ids, *tok.encode("Hel", add_special_tokens=False)]
+
+
+def test_a_stop_string_spanning_the_two_attempts_still_ends_the_reply(fakes, engines) -> None:
+    bad, good = fakes(), fakes()
+    bad.mode, bad.reports_ids, good.reports_ids = "cut_mid", True, True
+    engine = engines(bad, good, timeout_s=0.5)
+    fin = engine.submit(IDS, GREEDY.replace(stop=("llo",))).result(5)  # "Hel" | "lo": it spans both
+    assert (fin.finish_reason, fin.text) == (FinishReason.STOP, "He")  # "l" was held back, then matched
+
+
+def test_an_upstream_refusing_the_id_fields_is_asked_without_them(fakes, engines) -> None:
+    fake = fakes()
+    fake.mode = "refuse_logprobs"
+    engine = engines(fake)
+    assert engine.submit(IDS, GREEDY).result(5).text == "Hello world"
+    assert "logprobs" in fake.bodies[0] and "logprobs" not in fake.bodies[1]
+    assert fake.bodies[1]["prompt"] == IDS  # still token ids: only the id fields were refused
+    engine.submit(IDS, GREEDY).result(5)
+    assert len(fake.bodies) == 3 and "logprobs" not in fake.bodies[2]  # remembered
 
 
 def test_all_down_fails_fast_with_503_then_backs_off_and_rejoins(fakes, engines) -> None:

@@ -1,7 +1,7 @@
 """What HTTP clients see of the engine's own states, on a real uvicorn server: prompt ids refused
 before anything is queued (400 naming the position, on every engine), an engine still being built
 (/health 503 ``starting`` with Retry-After, requests queued meanwhile), a build that failed, and a
-stopped endpoint (503 ``engine_closed``)."""
+stopped endpoint (503 ``shutting_down``)."""
 
 from __future__ import annotations
 
@@ -117,11 +117,11 @@ def test_a_failed_build_fails_waiting_requests_and_health_says_why(scripted) -> 
         engine.close()
 
 
-def test_a_stopped_endpoint_answers_503_engine_closed_with_retry_after() -> None:
+def test_a_stopped_endpoint_answers_503_shutting_down_with_retry_after() -> None:
     service = Service.build(scripted_model("x"), template="chatml")
     with serving(create_app(service, close_on_shutdown=True)) as url:
         service.detach()
         r = httpx.post(url + "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]},
                        timeout=30)
         assert r.status_code == 503 and r.headers["Retry-After"]
-        assert r.json()["error"]["type"] == "engine_closed"
+        assert r.json()["error"]["type"] == "shutting_down"  # issue 16: a stop is not a failure

@@ -232,3 +232,119 @@ def test_the_cli_serves_an_upstream(llama_a) -> None:
         cli.send_signal(signal.SIGINT)  # Ctrl-C: the CLI stops its server and exits 0
         out, _ = cli.communicate(timeout=30)
     assert cli.returncode == 0, out[-2000:]
+
+
+# -- a dying upstream breaks no request another can finish (issue 16, item 3) ---------------------
+@dataclass
+class _Reply:
+    """One client's reply: streamed (SSE chunks) or not (one JSON body)."""
+
+    streamed: bool
+    text: str = ""
+    status: int | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    first_text_at: float | None = None
+
+
+def _ask(url: str, prompt: str, streamed: bool, max_tokens: int) -> _Reply:
+    reply = _Reply(streamed)
+    body = {"messages": [{"role": "user", "content": prompt}], "temperature": 0, "max_tokens": max_tokens,
+            "stream": streamed}
+    try:
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as r:
+            reply.status = r.status_code
+            if not streamed:
+                data = json.loads(r.read())
+                if r.status_code == 200:
+                    reply.text = data["choices"][0]["message"]["content"]
+                    reply.finish_reason = data["choices"][0]["finish_reason"]
+                else:
+                    reply.error = str(data)
+                return reply
+            for line in r.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                chunk = json.loads(line[len("data: "):])
+                if "error" in chunk:
+                    reply.error = str(chunk["error"])
+                for choice in chunk.get("choices", ()):
+                    piece = choice["delta"].get("content") or ""
+                    if piece and reply.first_text_at is None:
+                        reply.first_text_at = time.monotonic()
+                    reply.text += piece
+                    reply.finish_reason = choice.get("finish_reason") or reply.finish_reason
+    except httpx.HTTPError as exc:
+        reply.error = repr(exc)
+    return reply
+
+
+def _ask_all(url: str, prompts: list[str], max_tokens: int) -> tuple[list[threading.Thread], list[_Reply]]:
+    """One thread per prompt: the first half streamed, the second half not."""
+    replies: list[_Reply] = [_Reply(i < len(prompts) // 2) for i in range(len(prompts))]
+
+    def run(i: int) -> None:
+        replies[i] = _ask(url, prompts[i], replies[i].streamed, max_tokens)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    return threads, replies
+
+
+def _in_flight(url: str, llama: LlamaServer) -> int:
+    """Requests our front-end at ``url`` has open on ``llama`` (its ``/health``)."""
+    upstreams = httpx.get(url + "/health", timeout=5).json()["engine"]["upstreams"]
+    return next(int(u["in_flight"]) for u in upstreams if u["url"] == llama.url)
+
+
+def _slots_busy(llama: LlamaServer) -> int:
+    slots = httpx.get(f"{llama.url}/slots", timeout=5).json()
+    return sum(bool(s.get("is_processing")) for s in slots)
+
+
+def test_a_killed_upstream_breaks_no_request_the_other_can_finish(real_model, llama_a, llama_b, caplog) -> None:
+    """16 clients (8 streamed, 8 not) over two llama-servers; one is SIGKILLed mid-generation. Its
+    requests continue on the other from their prompt ids + the ids generated so far: 16 complete
+    replies, no 5xx, no error event, no slot leaked (ours or the survivor's), and each greedy reply
+    equals the same request's reply in an undisturbed run."""
+    import logging
+    import re
+
+    caplog.set_level(logging.INFO, logger="chatstream_lab.engine")
+    prompts = [f"Tell me a short story about the number {i}." for i in range(16)]
+    max_tokens = 64
+    service = _service(real_model, [llama_a.url, llama_b.url], Limits(16, 16), timeout_s=20.0,
+                       retry_after_s=0.5)
+    try:
+        with serving(create_app(service, close_on_shutdown=True)) as url:
+            threads, undisturbed = _ask_all(url, prompts, max_tokens)
+            for t in threads:
+                t.join(300)
+            assert all(r.status == 200 and r.error is None and r.text for r in undisturbed), undisturbed
+
+            threads, replies = _ask_all(url, prompts, max_tokens)
+            assert wait_for(lambda: sum(r.first_text_at is not None for r in replies) >= 4
+                            and _in_flight(url, llama_b) >= 4, 120)
+            llama_b.kill()
+            t_kill = time.monotonic()
+            for t in threads:
+                t.join(300)
+            assert not any(t.is_alive() for t in threads), "a request hung"
+            cut_mid_reply = [r for r in replies if r.streamed and r.first_text_at is not None
+                             and r.first_text_at < t_kill]
+            assert cut_mid_reply, "no streamed reply had started before the kill"
+            for i, (got, want) in enumerate(zip(replies, undisturbed)):
+                assert got.status == 200 and got.error is None, (i, got)
+                assert got.finish_reason in ("stop", "length"), (i, got)
+                assert got.text == want.text, (i, got.text, want.text)
+            continued = [int(n) for n in re.findall(rf"fails over from {re.escape(llama_b.url)} after (\d+) tokens",
+                                                     caplog.text)]
+            assert continued and all(n > 0 for n in continued), caplog.text[-3000:]  # cut mid-generation
+            print(f"{len(continued)} replies continued on the survivor after {continued} tokens")
+            assert wait_for(lambda: service.gate.snapshot().running == 0, 10), "a slot leaked"
+            assert _slots_busy(llama_a) == 0, "the survivor still works on a request nobody reads"
+            health = httpx.get(url + "/health", timeout=5).json()["engine"]
+            assert [u["healthy"] for u in health["upstreams"]] == [True, False]
+    finally:
+        llama_b.restart()

@@ -26,7 +26,7 @@ from ...errors import ConfigError, EngineClosed
 from ...stats import KVCacheStats
 from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from ..core.capabilities import Capabilities
-from ..core.host import EngineHost, HostedGenerator, check_gather_s
+from ..core.host import EngineHost, HostedGenerator, bind_to_model, check_gather_s
 from ..core.lifecycle import RequestLifecycle
 from ..core.protocol import StepBackend
 from ..core.rows import RowFactory
@@ -96,6 +96,7 @@ class Engine(HostedGenerator):
             raise ConfigError(f"session_kv_budget_mb must be a number >= 0, got {session_kv_budget_mb!r}",
                               name="session_kv_budget_mb")
         self.model = model
+        bind_to_model(model, self)  # closing the model closes this engine
         self.gate: AdmissionGate[Row] = gate if gate is not None else AdmissionGate(
             Limits(num_of_concurrent_executions, max_queue_size))
         self.lifecycle: RequestLifecycle[Row] = RequestLifecycle(self.gate, observer)
@@ -205,12 +206,15 @@ class Engine(HostedGenerator):
 
     def forget(self, session_key: str) -> None:
         """Drop the KV kept for ``session_key`` (any thread; a turn in flight keeps nothing)."""
-        if self._decoder is not None:
-            self._decoder.backend.forget(session_key)
+        decoder = self._decoder  # (released on the engine thread when it stops)
+        if decoder is not None:
+            decoder.backend.forget(session_key)
 
     def kv_cache_stats(self) -> KVCacheStats | None:
-        """The session KV kept by the backend (None: it keeps none, or the engine has not started)."""
-        return self._decoder.backend.kv_stats() if self._decoder is not None else None
+        """The session KV kept by the backend (None: it keeps none, the engine has not started, or
+        it stopped)."""
+        decoder = self._decoder
+        return decoder.backend.kv_stats() if decoder is not None else None
 
     # -- engine thread (the host's Worker and Stepper) ------------------------------------
     def build(self) -> None:
@@ -269,4 +273,7 @@ class Engine(HostedGenerator):
         self._fail_jobs()
 
     def release(self) -> None:
-        """Nothing to free: the model belongs to the LoadedModel, the caches go with the decoder."""
+        """Drop the decoder, and with it the batch's KV, the prefix cache and the sessions' kept KV:
+        a closed engine holds no memory even while something still references it. (The model
+        belongs to the LoadedModel.)"""
+        self._decoder = None

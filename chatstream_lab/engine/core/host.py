@@ -39,6 +39,14 @@ IDLE_WAIT_S = 0.25  # an idle loop looks at its flags this often even when nobod
 ENGINE_FAILED = "the engine failed"  # what a request that an engine failure ended is told
 
 
+def bind_to_model(model: Any, generator: Any) -> None:
+    """Close ``generator`` when ``model`` closes (``LoadedModel.close()`` frees the weights, so what
+    runs them must stop first). Raises ModelClosed for a model that is closed already."""
+    close_with = getattr(model, "close_with", None)
+    if callable(close_with):
+        close_with(generator)
+
+
 def check_gather_s(value: Any) -> float:
     """``gather_s`` (burst gathering, see :meth:`EngineHost.gather_burst`) as a float in [0, 1]."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
@@ -367,6 +375,10 @@ class HostedGenerator:
         """The engine's state for ``/health``."""
         return self._host.health()
 
+    def wake(self) -> None:
+        """Look at the gate now (any thread)."""
+        self._host.wake()
+
     def close(self, timeout: float = 10.0) -> None:
         """Cancel every request, stop the thread and wait for it (idempotent)."""
         self._host.close(timeout)
@@ -385,4 +397,5 @@ class HostedGenerator:
         self.close()
 
 
-__all__ = ["ENGINE_FAILED", "HEARTBEAT_S", "EngineHost", "HostedGenerator", "Stepper", "Worker", "check_gather_s"]
+__all__ = ["ENGINE_FAILED", "HEARTBEAT_S", "EngineHost", "HostedGenerator", "Stepper", "Worker", "bind_to_model",
+           "check_gather_s"]

@@ -117,6 +117,10 @@ class Generator(Protocol):
         it prints its URL). Raises EngineUnavailable if the build failed, TimeoutError."""
         ...
 
+    def wake(self) -> None:
+        """Look at the gate now (its hold was released: a model switch ended); any thread."""
+        ...
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams | None = None, *,
                stop_strings: Sequence[str] = (), output_replacements: Sequence[tuple[str, str]] = (),
                stop_token_ids: Sequence[int] = (), session_key: str | None = None,

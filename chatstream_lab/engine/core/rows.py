@@ -121,9 +121,12 @@ class OutputRow:
             self.flush()
             self.finish(FinishReason.LENGTH)
 
-    def take_text(self, piece: str) -> bool:
-        """One piece of text from an upstream; True: a stop string ended the reply there (the
+    def take_text(self, piece: str, ids: Sequence[int] | None = None) -> bool:
+        """One piece of text from an upstream, with the token ids it decodes from when the upstream
+        reports them (kept in ``generated``); True: a stop string ended the reply there (the
         caller finishes the row with the upstream's usage)."""
+        if ids:
+            self.generated.extend(int(i) for i in ids)
         if not piece:
             return False
         self._count_output()
@@ -132,9 +135,10 @@ class OutputRow:
         return result.stopped
 
     def restart_text(self) -> None:
-        """Forget text held back for an attempt that produced nothing delivered (fail-over)."""
+        """Forget what an attempt that delivered nothing produced (a fail-over that starts over)."""
         self.text_filter.reset()
         self.produced = 0
+        self.generated.clear()
 
     def _count_output(self) -> None:
         self.produced += 1

@@ -49,7 +49,7 @@ from ...errors import ConfigError, InvalidParameter, ModelLoadError
 from ...structured import check_constraint, portable_grammar_text
 from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from ..core.capabilities import Capabilities
-from ..core.host import EngineHost, HostedGenerator, check_gather_s
+from ..core.host import EngineHost, HostedGenerator, bind_to_model, check_gather_s
 from ..core.lifecycle import RequestLifecycle
 from ..core.rows import OutputRow, RowFactory
 from ..core.stream import RequestStream
@@ -190,6 +190,7 @@ class OpenVINOEngine(HostedGenerator):
             raise ConfigError("OpenVINOEngine needs a model loaded with load_model(backend='openvino')",
                               name="model")
         self.model = model
+        bind_to_model(model, self)  # closing the model closes this engine
         self.gate: AdmissionGate[_Row] = gate if gate is not None else AdmissionGate(
             Limits(num_of_concurrent_executions, max_queue_size))
         self.lifecycle: RequestLifecycle[_Row] = RequestLifecycle(self.gate, observer)

@@ -42,7 +42,7 @@ from ...structured import check_constraint
 from ...structured.upstreams import upstream_fields
 from ...types import FinishReason, LifecycleObserver, RequestId, TokenLogprob
 from ..core.capabilities import Capabilities
-from ..core.host import HEARTBEAT_S, EngineHost, HostedGenerator
+from ..core.host import HEARTBEAT_S, EngineHost, HostedGenerator, bind_to_model
 from ..core.lifecycle import RequestLifecycle
 from ..core.protocol import EngineHealth, EngineState
 from ..core.rows import RowFactory
@@ -96,6 +96,7 @@ class RemoteEngine(HostedGenerator):
         if getattr(model, "backend", None) != _BACKEND or not urls:
             raise ConfigError("RemoteEngine needs a remote_model(...)", name="model")
         self.model = model
+        bind_to_model(model, self)  # closing the model closes this engine
         self.gate: AdmissionGate[Any] = gate if gate is not None else AdmissionGate(Limits())
         self.lifecycle: RequestLifecycle[RemoteRow] = RequestLifecycle(self.gate, observer)
         self._rows = RowFactory(model, detokenize=False, on_first_token=self.lifecycle.first_token)

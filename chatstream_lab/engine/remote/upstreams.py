@@ -39,6 +39,7 @@ class Upstream:
     down_until: float | None = None  # monotonic time; None = healthy
     last_error: str | None = None
     token_ids_ok: bool | None = None
+    reports_ids: bool | None = None  # False: it refused the fields asking for the generated ids
     model_name: str | None = None
     info_fetched: bool = False
     probing: bool = False

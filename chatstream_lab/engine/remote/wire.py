@@ -27,6 +27,10 @@ from ..core.rows import OutputRow
 
 COMPLETIONS = "/v1/completions"
 CHAT_COMPLETIONS = "/v1/chat/completions"
+# What makes an upstream report the ids it generates, so that a reply cut mid-generation can go
+# on elsewhere from exactly those ids: vLLM's ``return_token_ids``; llama-server puts them in its
+# logprobs entries (one alternative: the cheapest request that carries the id)
+ASK_FOR_IDS: dict[str, Any] = {"return_token_ids": True, "logprobs": 1}
 
 
 class UpstreamDown(Exception):
@@ -96,13 +100,12 @@ async def _consume(resp: httpx.Response, row: OutputRow) -> Outcome:
     """Chunks -> the row's pipeline; returning early (a stop string) closes the response."""
     finish: str | None = None
     usage: dict[str, Any] = {}
-    row.restart_text()
     async with contextlib.aclosing(sse_objects(resp)) as chunks:
         async for chunk in chunks:
             if isinstance(chunk.get("usage"), dict):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
-                if row.take_text(choice_text(choice)):
+                if row.take_text(choice_text(choice), choice_ids(choice)):
                     return Outcome(FinishReason.STOP, int_or_none(usage.get("prompt_tokens")), row.produced)
                 finish = choice.get("finish_reason") or finish
     if finish is None:
@@ -148,6 +151,34 @@ def choice_text(choice: Any) -> str:
     return text if isinstance(text, str) else ""
 
 
+def choice_ids(choice: Any) -> list[int] | None:
+    """The token ids a streamed choice decodes from, where the upstream reports them (None: it
+    does not): vLLM's ``token_ids`` (``return_token_ids``), llama-server's ``logprobs.content[].id``,
+    or vLLM's ``"token_id:N"`` strings (``--return-tokens-as-token-ids``)."""
+    if not isinstance(choice, dict):
+        return None
+    ids = choice.get("token_ids")
+    if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+        return list(ids)
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    if isinstance(content, list) and all(isinstance(e, dict) and isinstance(e.get("id"), int) for e in content):
+        return [int(e["id"]) for e in content]
+    tokens = logprobs.get("tokens")
+    if isinstance(tokens, list) and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+        return [int(t.split(":", 1)[1]) for t in tokens]
+    return None
+
+
+def names_id_fields(message: str) -> bool:
+    """A refusal that names a field of :data:`ASK_FOR_IDS` (e.g. a server whose backend reports
+    no logprobs): ask that upstream without them."""
+    lowered = message.lower()
+    return any(name in lowered for name in ASK_FOR_IDS)
+
+
 def error_message(body: str) -> str:
     """The ``error.message`` of an OpenAI-style error body, else the body's start."""
     try:
@@ -170,5 +201,5 @@ def int_or_none(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-__all__ = ["Outcome", "Refused", "UpstreamDown", "choice_text", "error_message", "sampling_body",
-           "sse_objects", "stream_reply"]
+__all__ = ["ASK_FOR_IDS", "Outcome", "Refused", "UpstreamDown", "choice_ids", "choice_text", "error_message",
+           "names_id_fields", "sampling_body", "sse_objects", "stream_reply"]
