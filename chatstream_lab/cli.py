@@ -31,13 +31,17 @@ def _non_negative_int(text: str) -> int:
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and ``--dtype``, shared by ``serve`` and ``chat`` (see ``load_model``)."""
+    """``--backend``, ``--dtype`` and ``--precision``, shared by ``serve`` and ``chat`` (see ``load_model``)."""
     p.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                    help="what runs the model: openvino (fast, CPU), torch (any device), or auto: the "
                         "fastest installed (default)")
     p.add_argument("--dtype", default=None,
-                   help="torch: float32 (default), bfloat16, float16; openvino: float16 (default), "
-                        "float32, int8")
+                   help="torch: float32 (default), bfloat16, float16; openvino: the calibrated precision "
+                        "(default), or fix it: float16, float32, int8, int4, optionally with the compute "
+                        "precision: int8/f32, float16/bf16")
+    p.add_argument("--precision", choices=("auto",), default=None,
+                   help="openvino: measure the fastest correct precision for this machine again now "
+                        "(default: the cached choice, measured on first use)")
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -135,7 +139,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         token = resolve_token(args)
         print("Loading model…", file=sys.stderr, flush=True)
         model = _remote(args) if args.upstream else load_model(
-            args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+            args.model, backend=args.backend, device=args.device, dtype=args.dtype, precision=args.precision)
         params = model.default_params.replace(max_new_tokens=args.max_new_tokens)
         if args.temperature is not None:
             params = params.replace(temperature=args.temperature)
@@ -148,6 +152,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ChatStreamLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    choice = getattr(model, "precision", None)
+    if choice is not None:
+        print(f"Precision: {choice.label}", file=sys.stderr, flush=True)
     print(f"Serving {model.name} at {page_url(server.url, token)}  (Ctrl-C to stop)", flush=True)
     try:
         threading.Event().wait()  # the main thread keeps Python's own SIGINT -> KeyboardInterrupt

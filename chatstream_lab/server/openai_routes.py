@@ -224,6 +224,12 @@ def read_request(raw: bytes, limits: RequestLimits, kind: type[_Req]) -> _Req:
         raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
 
 
+def _precision_source(model: Any) -> str:
+    """Who chose the precision: the calibration (fresh or cached), a dtype override, or the dtype."""
+    choice = getattr(model, "precision", None)
+    return str(getattr(choice, "source", "dtype"))
+
+
 def make_router(service: Service) -> APIRouter:
     router = APIRouter()
 
@@ -233,6 +239,8 @@ def make_router(service: Service) -> APIRouter:
         return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
                                             "owned_by": "chatstream_lab",
                                             "backend": str(getattr(model, "backend", "torch")),
+                                            "precision": str(getattr(model, "dtype", "")),
+                                            "precision_source": _precision_source(model),
                                             "config_id": service.config_id}]}
 
     @router.post("/v1/completions", response_model=None)
