@@ -115,69 +115,84 @@ def resolve_precision(target: CalibrationTarget, *, recalibrate: bool = False, p
 def calibrate(target: CalibrationTarget, plan: CalibrationPlan, signature: CpuSignature, *,
               progress: bool = True) -> PrecisionChoice:
     """Export, gate, time and choose (see the module doc); does not touch the choice cache."""
-    from . import openvino as ov
-
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]
     computes = plan.computes or available_computes()
     candidates = [Precision(w, c) for w in plan.weights for c in computes]
     steps = len(plan.weights) + 1 + len(candidates) + plan.rounds * len(candidates)
-    results: dict[Precision, CandidateResult] = {}
     with _Progress(steps, f"Choosing a precision for {target.name}", progress) as bar:
-        irs: dict[Weights, Path] = {}
-        for w in plan.weights:
-            with bar.step(f"exporting the {w} IR (once per model)"):
-                try:
-                    irs[w] = ov.export_ir(target.hf_dir, w, ov.ir_dir_for(target.source_key, w, target.cache_dir),
-                                          cache_dir=target.cache_dir, progress=False, label=target.name)
-                except ModelLoadError as exc:
-                    log.warning("calibration: no %s IR for %s: %s", w, target.name, exc)
-                    for p in candidates:
-                        if p.weights is w:
-                            results[p] = CandidateResult(p, error=f"export failed: {_first_line(exc)}")
+        irs, failed = _export_candidates(target, plan.weights, bar)
+        results = {p: CandidateResult(p, error=failed[p.weights]) for p in candidates if p.weights in failed}
         with bar.step("greedy reference: torch fp32 (once per model)"):
             reference = load_reference(target)
         pipes: dict[Precision, Any] = {}
         try:
             for p in candidates:
-                with bar.step(f"correctness gate: {p}"):
-                    if p in results:
-                        continue
-                    try:
-                        pipe = _pipeline(irs[p.weights], p, plan.streams)
-                        results[p] = CandidateResult(p, gate=run_gate(pipe, reference))
-                    except Exception as exc:  # a precision this CPU or runtime cannot compile
-                        results[p] = CandidateResult(p, error=f"{type(exc).__name__}: {_first_line(exc)}")
-                        continue
-                    if results[p].gate.passed:  # type: ignore[union-attr]
-                        pipes[p] = pipe
-                    else:
-                        del pipe
+                if p not in results:
+                    with bar.step(f"correctness gate: {p}"):
+                        results[p] = _gate_candidate(irs[p.weights], p, reference, plan, pipes)
+                else:
+                    bar.skip(1)
             bar.skip(plan.rounds * (len(candidates) - len(pipes)))  # only those that passed are timed
-            timed = _time_candidates(pipes, reference, plan, bar)
+            for p, (one, batch) in _time_candidates(pipes, reference, plan, bar).items():
+                results[p] = dataclasses.replace(results[p], one_stream_tok_s=median(one), batch_tok_s=median(batch),
+                                                 one_stream_runs=tuple(one), batch_runs=tuple(batch))
         finally:
             pipes.clear()
             gc.collect()
-        for p, (one, batch) in timed.items():
-            results[p] = dataclasses.replace(results[p], one_stream_tok_s=median(one), batch_tok_s=median(batch),
-                                             one_stream_runs=tuple(one), batch_runs=tuple(batch))
         ordered = tuple(results[p] for p in candidates)
         winner = choose(ordered)
-        note = "" if winner is not None else f"no candidate passed the gate: {FALLBACK} (agrees with torch)"
-        busy = max(load_before, os.getloadavg()[0])
-        if busy > signature.cores:  # other work shared the cores: the ranking may not be an idle machine's
-            note = (f"{note} " if note else "") + (f"measured under load {busy:.1f} on {signature.cores} cores; "
-                                                   "--precision auto measures again")
-            log.warning("calibration of %s: %s", target.name, note)
+        load_after = os.getloadavg()[0]
         choice = PrecisionChoice(
             winner.precision if winner is not None else FALLBACK, ChoiceSource.CALIBRATED, ordered,
             signature.as_dict(), datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            (round(load_before, 2), round(os.getloadavg()[0], 2)), time.monotonic() - t0, note)
+            (round(load_before, 2), round(load_after, 2)), time.monotonic() - t0,
+            _note(winner, max(load_before, load_after), signature.cores))
         choice = PrecisionChoice.from_dict(choice.as_dict())  # in the cached form (rounded), so both compare equal
         bar.done(f"Precision for {target.name}: {choice.label}")
     for r in ordered:
         log.info("calibration %s: %s", target.name, r.summary)
+    if choice.note:
+        log.warning("calibration of %s: %s", target.name, choice.note)
     return choice
+
+
+def _export_candidates(target: CalibrationTarget, weights: Sequence[Weights],
+                       bar: _Progress) -> tuple[dict[Weights, Path], dict[Weights, str]]:
+    """The IR of each weight format (exported once per model); the formats that failed, and why."""
+    from . import openvino as ov
+
+    irs: dict[Weights, Path] = {}
+    failed: dict[Weights, str] = {}
+    for w in weights:
+        with bar.step(f"exporting the {w} IR (once per model)"):
+            try:
+                irs[w] = ov.export_ir(target.hf_dir, w, ov.ir_dir_for(target.source_key, w, target.cache_dir),
+                                      cache_dir=target.cache_dir, progress=False, label=target.name)
+            except ModelLoadError as exc:  # e.g. an architecture NNCF cannot compress to int4
+                log.warning("calibration: no %s IR for %s: %s", w, target.name, exc)
+                failed[w] = f"export failed: {_first_line(exc)}"
+    return irs, failed
+
+
+def _gate_candidate(ir_dir: Path, precision: Precision, reference: Reference, plan: CalibrationPlan,
+                    pipes: dict[Precision, Any]) -> CandidateResult:
+    """Gate one candidate; one that passes keeps its pipeline in ``pipes`` for timing."""
+    try:
+        pipe = _pipeline(ir_dir, precision, plan.streams)
+        gate = run_gate(pipe, reference)
+    except Exception as exc:  # a precision this CPU or runtime cannot compile or run
+        return CandidateResult(precision, error=f"{type(exc).__name__}: {_first_line(exc)}")
+    if gate.passed:
+        pipes[precision] = pipe
+    return CandidateResult(precision, gate=gate)
+
+
+def _note(winner: CandidateResult | None, busiest: float, cores: int) -> str:
+    notes = [] if winner is not None else [f"no candidate passed the gate: {FALLBACK} (agrees with torch)"]
+    if busiest > cores:  # other work shared the cores: the ranking may not be an idle machine's
+        notes.append(f"measured under load {busiest:.1f} on {cores} cores; --precision auto measures again")
+    return "; ".join(notes)
 
 
 def choose(results: Sequence[CandidateResult]) -> CandidateResult | None:

@@ -177,3 +177,12 @@ def test_the_cache_keeps_one_choice_per_signature(tmp_path) -> None:
     assert cache.keys() == sorted([a.key, b.key])
     cache.choices_path.write_text("{not json")
     assert cache.choice(a.key) is None  # a damaged file means "measure again", not a crash
+
+
+def test_a_calibration_under_load_or_without_a_winner_says_so() -> None:
+    from chatstream_lab.models.calibrate import _note
+
+    winner = _candidate("int8/f32", 90, 600)
+    assert _note(winner, 0.5, 2) == ""
+    assert "measured under load 3.5 on 2 cores; --precision auto measures again" in _note(winner, 3.5, 2)
+    assert _note(None, 0.1, 2).startswith("no candidate passed the gate: float32/f32")
