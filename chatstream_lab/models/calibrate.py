@@ -147,7 +147,7 @@ def calibrate(target: CalibrationTarget, plan: CalibrationPlan, signature: CpuSi
             winner.precision if winner is not None else FALLBACK, ChoiceSource.CALIBRATED, ordered,
             signature.as_dict(), datetime.now(timezone.utc).isoformat(timespec="seconds"),
             (round(load_before, 2), round(load_after, 2)), time.monotonic() - t0,
-            _note(winner, max(load_before, load_after), signature.cores))
+            _note(winner, load_before, signature.cores))
         choice = PrecisionChoice.from_dict(choice.as_dict())  # in the cached form (rounded), so both compare equal
         bar.done(f"Precision for {target.name}: {choice.label}")
     for r in ordered:
@@ -188,10 +188,13 @@ def _gate_candidate(ir_dir: Path, precision: Precision, reference: Reference, pl
     return CandidateResult(precision, gate=gate)
 
 
-def _note(winner: CandidateResult | None, busiest: float, cores: int) -> str:
+def _note(winner: CandidateResult | None, load_before: float, cores: int) -> str:
+    """What the choice should carry a warning about. ``load_before``: the 1-min load average when
+    calibration started (afterwards it includes calibration's own threads); above half the cores,
+    other work shared the cores and the ranking may not be an idle machine's."""
     notes = [] if winner is not None else [f"no candidate passed the gate: {FALLBACK} (agrees with torch)"]
-    if busiest > cores:  # other work shared the cores: the ranking may not be an idle machine's
-        notes.append(f"measured under load {busiest:.1f} on {cores} cores; --precision auto measures again")
+    if load_before > cores / 2:
+        notes.append(f"measured under load {load_before:.1f} on {cores} cores; --precision auto measures again")
     return "; ".join(notes)
 
 

@@ -184,5 +184,5 @@ def test_a_calibration_under_load_or_without_a_winner_says_so() -> None:
 
     winner = _candidate("int8/f32", 90, 600)
     assert _note(winner, 0.5, 2) == ""
-    assert "measured under load 3.5 on 2 cores; --precision auto measures again" in _note(winner, 3.5, 2)
+    assert "measured under load 1.4 on 2 cores; --precision auto measures again" in _note(winner, 1.4, 2)
     assert _note(None, 0.1, 2).startswith("no candidate passed the gate: float32/f32")
