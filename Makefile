@@ -36,10 +36,12 @@ setup: $(VENV)/.installed
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
-# The fast backend's exporter (optimum-intel in its own venv, ~2 min and 1.5 GB once) and the bundled
-# model's OpenVINO IR (~1 min per weight format once); both cached under ~/.cache/chatstream_lab.
+# The fast backend's exporter (optimum-intel in its own venv, ~2 min and 1.5 GB once), then the bundled
+# model's precision for this CPU: export the candidate IRs (fp16, int8, int4: ~1 min each, once per
+# model), the torch fp32 gate reference (once per model), gate and time each candidate (~1 min per CPU
+# signature). All cached under ~/.cache/chatstream_lab, so `serve` and the tests start at once.
 openvino: setup
-	$(BIN)/python -m chatstream_lab.models.openvino --install --export-bundled float16 >/dev/null
+	$(BIN)/python -m chatstream_lab.models.openvino --install --calibrate-bundled >/dev/null
 
 openvino-fp32: openvino
 	$(BIN)/python -m chatstream_lab.models.openvino --export-bundled float32 >/dev/null

@@ -37,13 +37,17 @@ def _non_negative_float(text: str) -> float:
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """``--backend`` and ``--dtype``, shared by ``serve`` and ``chat`` (see ``load_model``)."""
+    """``--backend``, ``--dtype`` and ``--precision``, shared by ``serve`` and ``chat`` (see ``load_model``)."""
     p.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                    help="what runs the model: openvino (fast, CPU), torch (any device), or auto: the "
                         "fastest installed (default)")
     p.add_argument("--dtype", default=None,
-                   help="torch: float32 (default), bfloat16, float16; openvino: float16 (default), "
-                        "float32, int8")
+                   help="torch: float32 (default), bfloat16, float16; openvino: the calibrated precision "
+                        "(default), or fix it: float16, float32, int8, int4, optionally with the compute "
+                        "precision: int8/f32, float16/bf16")
+    p.add_argument("--precision", choices=("auto",), default=None,
+                   help="openvino: measure the fastest correct precision for this machine again now "
+                        "(default: the cached choice, measured on first use)")
 
 
 def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -180,6 +184,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         chat_stream.close()
         return 2 if isinstance(exc, ChatStreamLabError) else 130
+    choice = getattr(model, "precision", None)
+    if choice is not None:
+        print(f"Precision: {choice.label}", file=sys.stderr, flush=True)
     print(f"Serving {model.name} at {page_url(server.url, token)}  config_id {chat_stream.service.config_id}  "
           "(Ctrl-C to stop)", flush=True)
     return _serve_until_signalled(server, chat_stream, args.shutdown_timeout)
@@ -223,8 +230,9 @@ def _model(args: argparse.Namespace, saved: Any) -> Any:
         if args.backend == "auto" and args.dtype is None:
             return load_ref(ref)
         return load_model(None if ref.source == "bundled" else ref.source, backend=args.backend,
-                          device=args.device, dtype=args.dtype)
-    return load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype)
+                          device=args.device, dtype=args.dtype, precision=args.precision)
+    return load_model(args.model, backend=args.backend, device=args.device, dtype=args.dtype,
+                      precision=args.precision)
 
 
 def _remote(args: argparse.Namespace) -> Any:

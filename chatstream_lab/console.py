@@ -124,7 +124,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from .models import load_model
 
     try:
-        model = load_model(args.model, backend=args.backend, dtype=args.dtype)
+        model = load_model(args.model, backend=args.backend, dtype=args.dtype, precision=args.precision)
         print(f"{model.name} ready. {HELP}", flush=True)
         run_chat(model, _input_lines(args.ask), sys.stdout, template=args.template, system=args.system,
                  temperature=model.default_params.temperature if args.temperature is None else args.temperature,

@@ -442,10 +442,10 @@ class Lab:
                 f"config_id={self.config.config_id}{serving} running={snap.running} queued={snap.waiting}>")
 
     def _repr_html_(self) -> str:
-        from .notebook.display import lab_html
+        from .notebook.display import lab_html, model_label
 
         snap, ep = self.service.gate.snapshot(), self.endpoint
-        return lab_html(self.model.name, self.service.backend, self.config,
+        return lab_html(self.model.name, model_label(self.model), self.config,
                         running=snap.running, queued=snap.waiting, limit=snap.limit,
                         max_queue_size=snap.max_queue_size, url=ep.url if ep else None,
                         served_config_id=ep.config_id if ep else None)

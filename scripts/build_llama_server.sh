@@ -4,6 +4,8 @@
 # runs, and was built on a CPU with the same feature flags, prints its path and exits at once.
 #
 #   scripts/build_llama_server.sh            -> prints <cache>/bin/llama-server as the last line
+#   scripts/build_llama_server.sh --sdist    -> prints the cached llama-cpp-python sdist (downloaded
+#                                               once; its vendor/llama.cpp has convert_hf_to_gguf.py)
 #
 # Cache: ${CHATSTREAM_LAB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/chatstream_lab}/llama-server/<version>/
 #   bin/llama-server, bin/llama-batched-bench  statically linked against libllama/libggml
@@ -13,6 +15,7 @@
 #                                              rebuild instead of a SIGILL later
 #   recipe                                     RECIPE below; a cache from an older recipe is rebuilt
 #   build-info.txt                             version, cmake flags, build time
+#   ../sdist/llama_cpp_python-<version>.tar.gz the sdist the build used (kept for convert_hf_to_gguf.py)
 # The last build's full log: <cache>/llama-server/build-<version>.log
 # Env: LLAMA_CPP_PYTHON_VERSION (default: the pin below), LLAMA_BUILD_JOBS (default 2),
 #      LLAMA_SERVER_FORCE_REBUILD=1, LLAMA_BUILD_QUIET=1 (compiler output only to the log),
@@ -99,32 +102,49 @@ smoke_test() {
     fi
 }
 
+pip_cmd() {
+    if [[ -x "$ROOT/.venv/bin/pip" ]]; then
+        echo "$ROOT/.venv/bin/pip"
+    else
+        echo "python3 -m pip"
+    fi
+}
+
+# The llama-cpp-python sdist, downloaded once into $BASE/sdist; prints its path.
+ensure_sdist() {
+    local dir="$BASE/sdist" found tmp
+    found="$(find "$dir" -maxdepth 1 -name "llama[_-]cpp[_-]python-$VERSION.tar.gz" -print -quit 2>/dev/null || true)"
+    if [[ -z "$found" ]]; then
+        mkdir -p "$dir"
+        tmp="$(mktemp -d "$dir/.download.XXXXXX")"
+        log "downloading the llama-cpp-python==$VERSION sdist"
+        # `--no-binary llama-cpp-python`, not `:all:`: the same sdist (PyPI has no wheels of it), but
+        # `:all:` also builds the metadata step's build deps (scikit-build-core, ...) from source: 2 min
+        # instead of 20 s.
+        # shellcheck disable=SC2046
+        $(pip_cmd) download -q --no-deps --no-binary llama-cpp-python -d "$tmp" "llama-cpp-python==$VERSION" >&2 \
+            || { rm -rf "$tmp"; log "pip download of llama-cpp-python==$VERSION failed"; return 1; }
+        found="$(find "$tmp" -maxdepth 1 -name 'llama[_-]cpp[_-]python-*.tar.gz' -print -quit)"
+        [[ -n "$found" ]] || { rm -rf "$tmp"; log "pip download produced no sdist"; return 1; }
+        mv "$found" "$dir/"
+        rm -rf "$tmp"
+        found="$dir/$(basename "$found")"
+    fi
+    echo "$found"
+}
+
 build() {
     for tool in cmake make c++ tar flock; do
         command -v "$tool" >/dev/null || { log "missing '$tool' (apt-get install -y cmake build-essential)"; return 1; }
     done
-    local pip
-    if [[ -x "$ROOT/.venv/bin/pip" ]]; then
-        pip=("$ROOT/.venv/bin/pip")
-    else
-        pip=(python3 -m pip)
-    fi
-
     # Temp dir inside the cache dir, so the final `mv` is a rename on one filesystem.
     TMP="$(mktemp -d "$BASE/.build-$VERSION.XXXXXX")"
     local start elapsed
     start=$(date +%s)
     : >"$LOG"
 
-    log "downloading the llama-cpp-python==$VERSION sdist"
-    # `--no-binary llama-cpp-python`, not `:all:`: the same sdist (PyPI has no wheels of it), but
-    # `:all:` also builds the metadata step's build deps (scikit-build-core, ...) from source: 2 min
-    # instead of 20 s.
-    run_logged "${pip[@]}" download --no-deps --no-binary llama-cpp-python -d "$TMP/dl" \
-        "llama-cpp-python==$VERSION"
     local sdist src
-    sdist="$(find "$TMP/dl" -maxdepth 1 -name 'llama[_-]cpp[_-]python-*.tar.gz' -print -quit)"
-    [[ -n "$sdist" ]] || { log "pip download produced no sdist in $TMP/dl"; return 1; }
+    sdist="$(ensure_sdist)"
     mkdir -p "$TMP/src"
     tar -xzf "$sdist" -C "$TMP/src"
     src="$(find "$TMP/src" -mindepth 3 -maxdepth 3 -type d -path '*/vendor/llama.cpp' -print -quit)"
@@ -206,6 +226,11 @@ on_exit() {
 }
 
 main() {
+    if [[ "${1:-}" == "--sdist" ]]; then
+        mkdir -p "$BASE"
+        ensure_sdist
+        return
+    fi
     if cached_ok; then
         echo "$BIN"
         return 0

@@ -23,8 +23,9 @@ def real_model():
 
 @pytest.fixture(scope="session")
 def openvino_model():
-    """The bundled model on the OpenVINO backend, fp16 weights (the default for it; exported once
-    by ``make test``, ~1 min, then read from the cache in ~1 s)."""
+    """The bundled model on the OpenVINO backend in the precision calibration chose for this machine
+    (``make test``'s setup exports the candidates and calibrates once, ~2-3 min; then read from the
+    cache in ~1 s)."""
     from chatstream_lab.models import load_model
 
     return load_model(backend="openvino", progress=False)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from ..config import ModelRef, SamplingParams
 from ..errors import ModelClosed
+from .precision import PrecisionChoice
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class LoadedModel:
     # CLI and the console chat start from them; the seed ChatStream keeps its documented defaults)
     sampling_defaults: tuple[tuple[str, Any], ...] = field(default=())
     _lifecycle: _Lifecycle = field(default_factory=_Lifecycle, init=False, repr=False, compare=False)
+    # OpenVINO: the precision it runs in and who chose it (calibration, its cache, or dtype=)
+    precision: PrecisionChoice | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "backend", Backend(self.backend))  # accept the plain string too
@@ -168,10 +171,22 @@ class LoadedModel:
     def is_scripted(self) -> bool:
         return bool(getattr(self.model, "is_scripted", False))
 
+    @property
+    def precision_label(self) -> str:
+        """``"int8/f32 (calibrated: 1 stream 93.8 tok/s, 16 streams 658 tok/s)"``, or the dtype."""
+        return self.precision.label if self.precision is not None else self.dtype
+
+    def precision_info(self) -> dict[str, Any]:
+        """What ``/stats`` shows under ``precision`` (the calibration's measurements, no per-prompt detail)."""
+        if self.precision is not None:
+            return self.precision.as_dict(detail=False)
+        return {"precision": self.dtype, "source": "dtype"}
+
     def __repr__(self) -> str:
         closed = ", closed" if self.closed else ""
+        precision = f", precision={self.precision.label!r}" if self.precision is not None else ""
         return (f"LoadedModel(name={self.name!r}, backend={str(self.backend)!r}, device={self.device!r}, "
-                f"dtype={self.dtype!r}, context_window={self.context_window}{closed})")
+                f"dtype={self.dtype!r}{precision}, context_window={self.context_window}{closed})")
 
     def _repr_html_(self) -> str:
         from html import escape
@@ -180,10 +195,14 @@ class LoadedModel:
             f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(str(v))}</td></tr>"
             for k, v in [("name", self.name), ("backend", self.backend), ("source", self.source),
                          ("device", self.device),
-                         ("dtype", self.dtype), ("context window", self.context_window),
+                         ("dtype", self.dtype), ("precision", self.precision_label),
+                         ("context window", self.context_window),
                          ("defaults", ", ".join(f"{k}={v}" for k, v in self.sampling_defaults) or "-"),
                          *([("state", "closed (weights freed)")] if self.closed else [])]
         )
+        if self.precision is not None and self.precision.candidates:
+            measured = "<br>".join(escape(c.summary) for c in self.precision.candidates)
+            rows += f"<tr><th style='text-align:left'>candidates</th><td>{measured}</td></tr>"
         return f"<table><caption>LoadedModel</caption>{rows}</table>"
 
 

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelLoadError
+from .calibrate import CalibrationPlan, CalibrationTarget, resolve_precision
 from .loaded import Backend, LoadedModel
+from .precision import Precision, PrecisionChoice
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +245,7 @@ def _resolve_source(source: str | os.PathLike[str] | None) -> tuple[str, Path | 
 
 
 def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | None = None,
-               device: str = "cpu", dtype: str | None = None,
+               device: str = "cpu", dtype: str | None = None, precision: str | None = None,
                cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> LoadedModel:
     """Load a causal LM and its tokenizer for chat.
 
@@ -256,8 +258,15 @@ def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | N
             runtime is installed and the IR is cached or can be exported; else torch). The choice
             is ``LoadedModel.backend``.
         device: 'cpu' (default), 'cuda', 'cuda:N', 'mps' or 'auto' (torch only).
-        dtype: torch: 'float32' (default), 'bfloat16' or 'float16'. OpenVINO: 'float16' (the
-            default), 'float32' (fp32 compute, agrees with torch) or 'int8'.
+        dtype: torch: 'float32' (default), 'bfloat16' or 'float16'. OpenVINO: None (default) runs
+            the precision calibration chose for this machine (see ``precision``); or fix it:
+            weights 'float16', 'float32' (fp32 compute, agrees with torch), 'int8', 'int4', with an
+            optional compute precision: 'int8/f32', 'float16/bf16' (without one, the runtime's
+            default: bf16 on CPUs that have it, f32 for float32 weights).
+        precision: OpenVINO only. None (default): the cached calibration for this model and CPU,
+            measured on first use (exports the candidate IRs, checks each against the torch fp32
+            greedy replies, times 1 and 16 streams; ~1-3 min once, with a progress bar). 'auto':
+            measure again now. The choice is ``LoadedModel.precision``.
         cache_dir: where converted GGUF copies and OpenVINO IRs are kept (default
             ``~/.cache/chatstream_lab``, or ``$CHATSTREAM_LAB_CACHE``).
         progress: show progress bars (widgets in notebooks).
@@ -265,7 +274,7 @@ def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | N
     Raises:
         ModelLoadError: the bundled package is missing, the path does not exist, a hub id is
             not cached, or an OpenVINO export failed; the message says how to fix it.
-        ConfigError: unknown backend, dtype or unavailable device.
+        ConfigError: unknown backend, dtype, precision or unavailable device.
 
     Example:
         >>> lm = load_model()                       # doctest: +SKIP
@@ -273,11 +282,12 @@ def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | N
         ('SmolLM2-135M-Instruct', 'openvino')
     """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    _check_precision(precision, dtype, backend)
     kind, path, name = _resolve_source(source)
     chosen = _choose_backend(backend, kind, path, device, dtype, cache)
     if chosen is Backend.OPENVINO:
         try:
-            return _load_openvino(kind, path, name, dtype, cache, progress)
+            return _load_openvino(kind, path, name, dtype, precision, cache, progress)
         except ModelLoadError as exc:
             if backend not in (None, "auto"):
                 raise
@@ -314,6 +324,20 @@ def load_model(source: str | os.PathLike[str] | None = None, *, backend: str | N
     )
 
 
+def _check_precision(precision: str | None, dtype: str | None, backend: str | None) -> None:
+    if precision is None:
+        return
+    if precision != "auto":
+        raise ConfigError(f"precision must be None (the cached calibration) or 'auto' (measure again), not "
+                          f"{precision!r}; to fix a precision pass dtype= (e.g. 'int8/f32')", name="precision")
+    if dtype is not None:
+        raise ConfigError("pass dtype= (a fixed precision) or precision='auto' (measure the fastest), not both",
+                          name="precision")
+    if backend == "torch":
+        raise ConfigError("precision='auto' calibrates the OpenVINO backend; use backend='openvino' or None",
+                          name="precision")
+
+
 def _choose_backend(backend: str | None, kind: str, path: Path | None, device: str, dtype: str | None,
                     cache: Path) -> Backend:
     """The backend ``load_model`` uses (see its docstring); ConfigError for a bad explicit one."""
@@ -334,18 +358,22 @@ def _choose_backend(backend: str | None, kind: str, path: Path | None, device: s
             if kind == "hub":
                 raise ConfigError("the OpenVINO backend needs a local model directory or .gguf file "
                                   "to export, not a hub id", name="backend")
-            ov.parse_weights(dtype)
+            if dtype is not None:
+                Precision.parse(dtype)
             if not ov.runtime_available():
                 raise ConfigError("the OpenVINO backend needs its runtime: pip install "
                                   '"chatstream-lab[openvino]" (openvino, openvino-genai)', name="backend")
         return chosen
     if device != "cpu" or kind == "hub" or not ov.runtime_available():
         return Backend.TORCH
-    if dtype is not None and dtype not in {w.value for w in ov.Weights}:
+    try:
+        weights = [Precision.parse(dtype).weights] if dtype is not None else list(CalibrationPlan().weights)
+    except ConfigError:
         return Backend.TORCH  # e.g. bfloat16: a dtype only torch offers
     assert path is not None
-    ir = ov.ir_dir_for(_ov_source_key(kind, path, cache), ov.parse_weights(dtype), cache)
-    if (ir / "openvino_model.xml").is_file() or ov.exporter_python(cache) is not None:
+    key = _ov_source_key(kind, path, cache)
+    if ov.exporter_python(cache) is not None or any((ov.ir_dir_for(key, w, cache) / "openvino_model.xml").is_file()
+                                                    for w in weights):
         return Backend.OPENVINO
     log.info("OpenVINO is installed but its exporter is not (python -m chatstream_lab.models.openvino "
              "--install): loading %s on torch", path)
@@ -358,13 +386,22 @@ def _ov_source_key(kind: str, path: Path, cache: Path) -> str:
     return _gguf_cache_key(path) if kind == "gguf" else source_key(path)
 
 
-def _load_openvino(kind: str, path: Path | None, name: str, dtype: str | None, cache: Path,
-                   progress: bool) -> LoadedModel:
-    """The OpenVINO IR of ``path`` (exported once, cached) plus the HF tokenizer our templates use."""
+def calibration_target(source: str | os.PathLike[str] | None = None, *,
+                       cache_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> CalibrationTarget:
+    """What precision calibration measures for ``source`` (default: the bundled model): its HF
+    directory (a GGUF is converted first), IR cache key, tokenizer and stop ids."""
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    kind, path, name = _resolve_source(source)
+    if kind == "hub":
+        raise ConfigError("the OpenVINO backend needs a local model directory or .gguf file to export, not a hub id",
+                          name="source")
+    assert path is not None
+    return _openvino_target(kind, path, name, cache, progress)
+
+
+def _openvino_target(kind: str, path: Path, name: str, cache: Path, progress: bool) -> CalibrationTarget:
     from . import openvino as ov
 
-    assert path is not None
-    weights = ov.parse_weights(dtype)
     hf_dir = path
     if kind == "gguf":
         hf_dir = converted_dir(path, cache)
@@ -373,8 +410,6 @@ def _load_openvino(kind: str, path: Path | None, name: str, dtype: str | None, c
 
             with _progress(2, f"Loading {name}", progress) as bar, _quiet_transformers(progress):
                 _load_gguf(path, torch.float32, cache, bar)
-    ir = ov.export_ir(hf_dir, weights, ov.ir_dir_for(_ov_source_key(kind, path, cache), weights, cache),
-                      cache_dir=cache, progress=progress, label=name)
     from transformers import AutoTokenizer
 
     try:
@@ -383,14 +418,33 @@ def _load_openvino(kind: str, path: Path | None, name: str, dtype: str | None, c
         raise ModelLoadError(f"could not load the tokenizer of {hf_dir}: {exc}") from exc
     config = ov.read_json(hf_dir / "config.json")
     generation = ov.read_json(hf_dir / "generation_config.json")
+    stop_ids = _eos_ids(generation.get("eos_token_id"), config.get("eos_token_id"),
+                        getattr(tokenizer, "eos_token_id", None))
+    return CalibrationTarget(name, hf_dir, _ov_source_key(kind, path, cache), cache, tokenizer, stop_ids)
+
+
+def _load_openvino(kind: str, path: Path | None, name: str, dtype: str | None, precision: str | None,
+                   cache: Path, progress: bool) -> LoadedModel:
+    """The OpenVINO IR of ``path`` in the chosen precision (exported once, cached) plus the HF
+    tokenizer our templates use. The precision: ``dtype`` if given, else the calibration's."""
+    from . import openvino as ov
+
+    assert path is not None
+    target = _openvino_target(kind, path, name, cache, progress)
+    if dtype is not None:
+        choice = PrecisionChoice.override(Precision.parse(dtype))
+    else:
+        choice = resolve_precision(target, recalibrate=precision == "auto", progress=progress)
+    weights = choice.precision.weights
+    ir = ov.export_ir(target.hf_dir, weights, ov.ir_dir_for(target.source_key, weights, cache), cache_dir=cache,
+                      progress=progress, label=name)
+    config = ov.read_json(target.hf_dir / "config.json")
     return LoadedModel(
-        name=name, model=ov.OpenVINOModel(ir, weights), tokenizer=tokenizer, source=str(path),
-        device="cpu", dtype=weights.value,
-        context_window=int(config.get("max_position_embeddings") or 2048),
-        stop_token_ids=_eos_ids(generation.get("eos_token_id"), config.get("eos_token_id"),
-                                getattr(tokenizer, "eos_token_id", None)),
+        name=name, model=ov.OpenVINOModel(ir, choice.precision), tokenizer=target.tokenizer, source=str(path),
+        device="cpu", dtype=str(choice.precision),
+        context_window=int(config.get("max_position_embeddings") or 2048), stop_token_ids=target.stop_ids,
         backend=Backend.OPENVINO, sampling_defaults=BUNDLED_SAMPLING if name == BUNDLED_NAME and kind == "gguf"
-        and path == bundled_model_path() else (),
+        and path == bundled_model_path() else (), precision=choice,
     )
 
 

@@ -6,14 +6,10 @@ project runs, so it lives in its own virtualenv under the cache directory (the *
 installed once by :func:`install_exporter`, ~2 min) and is called as a subprocess. The IR is
 written to ``<cache>/openvino/<source key>-<weights>/`` atomically; later loads read it (~1 s).
 
-Weights (the ``dtype`` of ``load_model(..., backend="openvino")``):
-
-* ``float16`` (the default): fp16 weights; compute in the CPU's fast precision (bf16 where the
-  CPU has AMX / AVX512-bf16). The fastest that still answers the bundled model's benchmark
-  questions as the fp32 torch path does (see README's speed table).
-* ``float32``: fp32 weights and fp32 compute: greedy replies agree with the torch backend, and a
-  seeded request samples the same tokens whatever else runs in the batch.
-* ``int8``: int8 weights (NNCF, asymmetric per channel); smaller, not faster on every CPU.
+Which weights and compute precision a model runs in (:class:`~.precision.Precision`) is chosen
+per machine by :mod:`.calibrate` (fastest that passes the correctness gate), or by the user
+(``load_model(dtype="int8/f32")``); :class:`OpenVINOModel` carries it to the engine, whose compile
+properties it sets (``INFERENCE_PRECISION_HINT``).
 """
 
 from __future__ import annotations
@@ -31,11 +27,11 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ModelLoadError
+from .precision import Precision, Weights
 
 log = logging.getLogger(__name__)
 
@@ -50,42 +46,6 @@ EXPORTER_REQUIREMENTS = (
 EXPORT_TIMEOUT_S = 1800.0
 
 
-class Weights(str, Enum):
-    """The weight formats the OpenVINO backend offers (``dtype`` in ``load_model``)."""
-
-    FLOAT16 = "float16"
-    FLOAT32 = "float32"
-    INT8 = "int8"
-
-    def __str__(self) -> str:
-        return self.value
-
-    @property
-    def export_args(self) -> tuple[str, ...]:
-        return {Weights.FLOAT16: ("--weight-format", "fp16"),
-                Weights.FLOAT32: ("--weight-format", "fp32"),
-                Weights.INT8: ("--weight-format", "int8")}[self]
-
-    @property
-    def compile_properties(self) -> dict[str, str]:
-        """fp32 weights mean fp32 compute (agreement with torch); the others let the CPU choose."""
-        return {"INFERENCE_PRECISION_HINT": "f32"} if self is Weights.FLOAT32 else {}
-
-
-DEFAULT_WEIGHTS = Weights.FLOAT16
-
-
-def parse_weights(dtype: str | None) -> Weights:
-    """``dtype`` of ``load_model`` -> Weights; ConfigError naming what the backend offers."""
-    if dtype is None:
-        return DEFAULT_WEIGHTS
-    try:
-        return Weights(str(dtype).removeprefix("torch."))
-    except ValueError:
-        raise ConfigError(f"the OpenVINO backend offers dtype {', '.join(repr(w.value) for w in Weights)}, "
-                          f"not {dtype!r}; use backend='torch' for it", name="dtype") from None
-
-
 @dataclass(frozen=True)
 class OpenVINOModel:
     """What ``LoadedModel.model`` holds on the OpenVINO backend: where the IR is and how to run it.
@@ -95,12 +55,17 @@ class OpenVINOModel:
     """
 
     ir_dir: Path
-    weights: Weights
+    precision: Precision
     properties: tuple[tuple[str, str], ...] = field(default=())
     is_scripted: bool = False
 
+    @property
+    def weights(self) -> Weights:
+        return self.precision.weights
+
     def compile_properties(self, threads: int | None = None) -> dict[str, Any]:
-        """Properties for ``ContinuousBatchingPipeline``: threads, no CPU pinning, a blob cache.
+        """Properties for ``ContinuousBatchingPipeline``: threads, no CPU pinning, a blob cache, the
+        compute precision.
 
         ``ENABLE_CPU_PINNING=NO``: with pinning, OpenVINO pins the threads it runs on, which
         then slows a torch model in the same process ~30x (measured); the compiled-blob cache
@@ -109,7 +74,7 @@ class OpenVINOModel:
         props: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
                                  "ENABLE_CPU_PINNING": "NO",
                                  "CACHE_DIR": str(self.ir_dir / ".ov-cache")}
-        props.update(self.weights.compile_properties)
+        props.update(self.precision.compile_properties)
         props.update(dict(self.properties))
         return props
 
@@ -265,23 +230,30 @@ def _spinner(desc: str, enabled: bool) -> Any:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    """``python -m chatstream_lab.models.openvino --install [--export-bundled W ...]`` (make setup)."""
+    """``python -m chatstream_lab.models.openvino [--install] [--calibrate-bundled [--precision auto]]
+    [--export-bundled DTYPE ...]`` (the setup steps of ``make demo`` / ``make test``)."""
     import argparse
 
     from .loader import default_cache_dir, load_model
 
     ap = argparse.ArgumentParser(description=_main.__doc__)
     ap.add_argument("--install", action="store_true", help="create the exporter venv (cached)")
+    ap.add_argument("--calibrate-bundled", action="store_true",
+                    help="choose the bundled model's precision for this CPU (exports the candidates; cached)")
+    ap.add_argument("--precision", choices=("auto",), default=None,
+                    help="with --calibrate-bundled: measure again even if a choice is cached")
     ap.add_argument("--export-bundled", nargs="*", default=None, metavar="DTYPE",
-                    help="export the bundled model (default weights: float16)")
+                    help="also export the bundled model in these dtypes (e.g. float32)")
     args = ap.parse_args(argv)
     cache = default_cache_dir()
     if args.install:
         print(install_exporter(cache))
-    if args.export_bundled is not None:
-        for dtype in args.export_bundled or [DEFAULT_WEIGHTS.value]:
-            lm = load_model(None, backend="openvino", dtype=dtype)
-            print(lm.model.ir_dir)
+    if args.calibrate_bundled:
+        lm = load_model(None, backend="openvino", precision=args.precision)
+        print(lm.precision.label if lm.precision is not None else lm.dtype)
+    for dtype in args.export_bundled or ():
+        lm = load_model(None, backend="openvino", dtype=dtype)
+        print(lm.model.ir_dir)
     return 0
 
 

@@ -26,3 +26,10 @@ def lab_html(model_name: str, backend: str, config: ServeConfig, *, running: int
     body = "".join(f"<tr><th style='text-align:left;padding-right:1em'>{k}</th><td style='text-align:left'>"
                    f"{v}</td></tr>" for k, v in rows)
     return f"<table><caption style='text-align:left'><b>chatstream_lab.Lab</b></caption>{body}</table>"
+
+
+def model_label(model: Any) -> str:
+    """``"openvino int8/f32 (calibrated)"``: what runs the model, in which precision, chosen by whom."""
+    choice = getattr(model, "precision", None)
+    chosen_by = f" ({choice.source})" if choice is not None else ""
+    return f"{getattr(model, 'backend', 'torch')} {getattr(model, 'dtype', '')}{chosen_by}".strip()

@@ -139,9 +139,10 @@ class Endpoint:
         """A live plot of this endpoint's stats (display it: last expression of a cell, or
         ``display(dash)``); it redraws about once a second until the endpoint stops."""
         from .dashboard import Dashboard
+        from .display import model_label
 
         return Dashboard(self.service.stats, interval=interval, alive=lambda: self.running,
-                         title=self.url, **options)
+                         title=f"{self.url} · {model_label(self.service.model)} ·", **options)
 
     def load_test(self, clients: int = 8, requests: int = 32, max_new_tokens: int = 32,
                   duration_limit: float = 60.0, **options: Any) -> LoadTest:
@@ -189,3 +190,4 @@ class Endpoint:
                 f"{self.service.limits.max_queue_size}"
                 f" · completed {snap.completed} · rejected {snap.rejected}</small><br>"
                 f"<small>{links}</small></div>")
+

@@ -152,6 +152,13 @@ def _add_seed_routes(app: FastAPI, cs: ChatStream) -> None:
         return await cs.handle_get_load_request(request)
 
 
+def _precision_info(model: Any) -> dict[str, Any]:
+    """The model's precision and who chose it (``LoadedModel.precision_info``; seed-style models: dtype)."""
+    info = getattr(model, "precision_info", None)
+    return dict(info()) if callable(info) else {"precision": str(getattr(model, "dtype", "unknown")),
+                                                "source": "dtype"}
+
+
 def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
     service = cs.service
 
@@ -176,6 +183,7 @@ def _add_ops_routes(app: FastAPI, cs: ChatStream) -> None:
         limits = service.limits
         return JSONResponse({**snap.as_dict(with_history=history), "model": service.model.name,
                              "backend": service.backend,
+                             "precision": _precision_info(service.model),
                              "limit": limits.num_of_concurrent_executions,
                              "max_queue_size": limits.max_queue_size,
                              "sessions": {**cs.sessions.usage(), "feedback_records": len(cs.feedback),

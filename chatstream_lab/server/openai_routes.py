@@ -102,6 +102,12 @@ class _ChunkEncoder:
         return None
 
 
+def _precision_source(model: Any) -> str:
+    """Who chose the precision: the calibration (fresh or cached), a dtype override, or the dtype."""
+    choice = getattr(model, "precision", None)
+    return str(getattr(choice, "source", "dtype"))
+
+
 def make_router(service: Service) -> APIRouter:
     router = APIRouter()
 
@@ -111,6 +117,8 @@ def make_router(service: Service) -> APIRouter:
         return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0,
                                             "owned_by": "chatstream_lab",
                                             "backend": service.backend,
+                                            "precision": str(getattr(model, "dtype", "")),
+                                            "precision_source": _precision_source(model),
                                             "config_id": service.config_id}]}
 
     @router.post("/v1/completions", response_model=None)

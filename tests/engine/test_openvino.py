@@ -43,12 +43,12 @@ def test_fp32_weights_agree_with_torch_token_for_token(real_model, openvino_fp32
     assert _greedy_ids(openvino_fp32_model, PROMPTS) == _greedy_ids(real_model, PROMPTS)
 
 
-def test_fp16_default_answers_like_torch(real_model, openvino_model) -> None:
+def test_the_calibrated_precision_answers_like_torch(real_model, openvino_model) -> None:
     ours, ref = _greedy_ids(openvino_model, PROMPTS), _greedy_ids(real_model, PROMPTS)
     assert ours[0] == ref[0]  # "The capital of France is Paris."
-    # the rest may drift where two candidates are close (fp16 weights, bf16 compute); report it
+    # the rest may part where the reference's two best tokens are close (the gate allows that); report it
     agreement = [_agreement(a, b) for a, b in zip(ours, ref)]
-    print("fp16 prefix agreement with torch:", agreement)
+    print(f"{openvino_model.dtype} prefix agreement with torch:", agreement)
     assert min(agreement) >= 0.5
 
 
@@ -97,7 +97,7 @@ def test_a_crashing_engine_thread_ends_every_request_and_later_ones_fail_fast(op
 
 def test_backend_choice(openvino_model) -> None:
     auto = load_model(progress=False)  # the IR is cached and the runtime installed: the fast one
-    assert auto.backend is Backend.OPENVINO and auto.dtype == "float16"
+    assert auto.backend is Backend.OPENVINO and auto.dtype == openvino_model.dtype  # the calibrated precision
     assert "openvino" in auto._repr_html_() and "backend='openvino'" in repr(auto)
     assert auto.default_params.temperature == 0  # the bundled model is greedy unless told otherwise
     assert csl.Lab(auto).config.params.temperature == 0

@@ -173,3 +173,48 @@ def test_serve_config_serves_the_notebooks_configuration_with_its_config_id(real
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_precision_option_parses():
+    assert cli.build_parser().parse_args(["serve"]).precision is None
+    assert cli.build_parser().parse_args(["serve", "--precision", "auto"]).precision == "auto"
+    assert cli.build_parser().parse_args(["chat", "--dtype", "int8/f32"]).dtype == "int8/f32"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["serve", "--precision", "fastest"])
+
+
+@pytest.mark.real_model
+@pytest.mark.parametrize("argv", [(), ("--dtype", "float16/f32")], ids=["no-flags", "dtype-override"])
+def test_serve_runs_the_calibrated_precision_unless_dtype_overrides_it(openvino_model, argv):
+    """``chatstream-lab serve`` with no flags serves the precision calibration chose for this machine
+    (cached by the setup step); ``--dtype`` wins over it. Both say so in /v1/models and /stats."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    expected = (openvino_model.dtype, "cached calibration") if not argv else ("float16/f32", "dtype override")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "chatstream_lab.cli", "serve", "--port", "0", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        match = re.search(r"at (http://\S+)", line)
+        assert match, line + (proc.stderr.read() if proc.poll() is not None else "")
+        with httpx.Client(base_url=match.group(1).rstrip("/"), timeout=60) as client:
+            model = client.get("/v1/models").json()["data"][0]
+            assert (model["backend"], model["precision"], model["precision_source"]) == ("openvino", *expected)
+            stats = client.get("/stats").json()["precision"]
+            assert (stats["precision"], stats["source"]) == expected
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert f"Precision: {expected[0]} ({expected[1]}" in err

@@ -90,3 +90,9 @@ def test_the_backend_is_reported_where_users_look(url, request):
         assert client.get("/health").json()["engine"]["backend"] == backend
         stats = client.get("/stats").json()
         assert backend in str(stats)
+        assert stats["precision"]["precision"] == models[0]["precision"]
+        if backend == "torch":
+            assert (models[0]["precision"], models[0]["precision_source"]) == ("float32", "dtype")
+        else:  # the calibrated precision, with what calibration measured
+            assert models[0]["precision_source"] in ("cached calibration", "calibrated")
+            assert stats["precision"]["candidates"] and stats["precision"]["signature"]["cores"] >= 1
