@@ -47,7 +47,8 @@ def test_a_conforming_reply_passes_unchanged_and_logprobs_stay_raw(engine):
     schema = Constraint.json_schema({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})
     events = list(e.submit(_ids(e.model), GREEDY.replace(constraint=schema, logprobs=2)))
     tokens = [t for ev in events if isinstance(ev, Delta) for t in ev.logprobs]
-    assert "".join(t.text for t in tokens) == '{"a": 12}'
+    *reply, end = tokens  # the stop token that ended the reply comes last
+    assert "".join(t.text for t in reply) == '{"a": 12}' and end.ends_reply
     assert all(t.logprob > -0.01 for t in tokens)  # the script's own raw probability, ~1
     assert all(t.allowed is not None and t.allowed > 0.99 for t in tokens)  # the grammar agreed
     forced = list(e.submit(_ids(e.model), GREEDY.replace(constraint=YES_NO, logprobs=2)))

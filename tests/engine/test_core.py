@@ -244,10 +244,10 @@ def test_close_while_building_cancels_the_waiting_requests(scripted) -> None:
 def test_capabilities_are_declared_and_known_before_anything_is_built(scripted) -> None:
     local = Service.build(scripted("x"))
     remote = Service.build(remote_model("http://127.0.0.1:9"))
-    assert local.capabilities == Capabilities(logprobs=True, scoring=True, kv_reuse=True, inline=True)
+    assert local.capabilities == Capabilities(logprobs=True, scoring=True, grammar=True, kv_reuse=True, inline=True)
     assert remote.capabilities.remote and not remote.capabilities.logprobs
     assert not remote.capabilities.reply_token_ids and remote.capabilities.message_prompts
-    assert not any(c.grammar for c in (local.capabilities, remote.capabilities))
+    assert all(c.grammar for c in (local.capabilities, remote.capabilities))  # constrained decoding everywhere
     assert local._m.built is None and remote._m.built is None  # asked without building
     assert local.generator.capabilities == local.capabilities
     assert remote.generator.capabilities == capabilities_of(remote.model)
