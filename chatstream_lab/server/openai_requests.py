@@ -37,12 +37,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """The fields we honour; others (``tools``, ``response_format``...) are ignored, not rejected."""
+class _SamplingRequest(BaseModel):
+    """The fields both routes share; others (``metadata``, ``store``...) are ignored, not rejected."""
 
     model_config = ConfigDict(extra="ignore")
     model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = None
@@ -50,40 +49,33 @@ class ChatCompletionRequest(BaseModel):
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
     n: int = 1
+    response_format: dict[str, Any] | None = None
+
+
+class ChatCompletionRequest(_SamplingRequest):
+    """``/v1/chat/completions``: messages through the template; ``logprobs`` is a flag."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     user: str | None = Field(default=None, max_length=256)
-    response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
 
 
-class CompletionRequest(BaseModel):
+class CompletionRequest(_SamplingRequest):
     """``/v1/completions``: a raw prompt (text or token ids), no template; ``logprobs`` is an int."""
 
-    model_config = ConfigDict(extra="ignore")
-    model: str | None = None
     prompt: str | list[int] | list[str] | list[list[int]]  # one prompt or a batch (vLLM's four shapes)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
     max_tokens: int | None = 16
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = 1
     logprobs: int | None = None
     echo: bool = False
-    response_format: dict[str, Any] | None = None
 
 
 def _text_content(i: int, content: str | list[dict[str, Any]] | None) -> str:
