@@ -77,7 +77,10 @@ def test_hover_shows_the_alternatives_in_one_popup_and_a_click_selects(make_lab)
 def _check_hover_and_click(page, view: ReplyView) -> None:
     _render(page, view)
     tokens = page.locator(".csl-tok")
-    expect(tokens).to_have_count(len("Hi there"))
+    expect(tokens).to_have_count(len("Hi there") + 1)  # + the end marker (the stop token)
+    end = page.locator(".csl-tok.csl-end")
+    expect(end).to_have_count(1)
+    expect(end).to_have_attribute("data-i", str(len("Hi there")))
     popup = page.locator(".csl-pop")
     expect(popup).to_be_hidden()
     tokens.nth(2).hover()  # the space
@@ -91,6 +94,9 @@ def _check_hover_and_click(page, view: ReplyView) -> None:
     assert colour != "rgba(0, 0, 0, 0)"
     page.mouse.move(790, 590)
     expect(popup).to_be_hidden()
+    end.hover()  # the end marker's popup: the chance that the model stopped there
+    expect(popup.locator(".csl-alt-head")).to_contain_text(f"token {len('Hi there')}: end of reply 100%")
+    page.mouse.move(790, 590)
     tokens.nth(4).click()
     assert page.evaluate("() => [window.model.get('selected'), window.model.saved]") == [4, 1]
     expect(page.locator(".csl-tok.csl-selected")).to_have_attribute("data-i", "4")
