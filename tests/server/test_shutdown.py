@@ -351,23 +351,37 @@ def test_a_seed_style_app_drains_and_fires_each_callback_once() -> None:
     cs.close()
 
 
+_STOP_SIGNALS_SCRIPT = """
+import signal
+from chatstream_lab.server.shutdown import StopSignals
+
+before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+with StopSignals() as signals:
+    assert not signals.requested()
+    signal.raise_signal(signal.SIGTERM)
+    assert signals.requested() and not signals.repeated() and signals.first is signal.SIGTERM
+    assert signals.wait() is signal.SIGTERM
+    signal.raise_signal(signal.SIGINT)
+    assert signals.repeated()
+    # a third signal would get the default action: the process ends at once
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+assert {sig: signal.getsignal(sig) for sig in before} == before
+print("ok")
+"""
+
+
 def test_stop_signals_record_the_first_cut_on_the_second_and_restore_the_handlers() -> None:
-    import signal
+    """In a process of its own: between the second signal and the end of the block the default
+    actions are back, so a stray signal there would end the test runner itself."""
+    import os
+    import subprocess
+    import sys
 
-    from chatstream_lab.server.shutdown import StopSignals
-
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    with StopSignals() as signals:
-        assert not signals.requested()
-        signal.raise_signal(signal.SIGTERM)
-        assert signals.requested() and not signals.repeated() and signals.first is signal.SIGTERM
-        assert signals.wait() is signal.SIGTERM
-        signal.raise_signal(signal.SIGINT)
-        assert signals.repeated()
-        # a third signal would get the default action: the process ends at once
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-    assert {sig: signal.getsignal(sig) for sig in before} == before
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, "-c", _STOP_SIGNALS_SCRIPT], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stdout, proc.stderr)
 
 
 def test_stop_signals_refuse_a_thread_other_than_the_main_one() -> None:
