@@ -340,7 +340,9 @@ def test_a_killed_upstream_breaks_no_request_the_other_can_finish(real_model, ll
                 assert got.text == want.text, (i, got.text, want.text)
             continued = [int(n) for n in re.findall(rf"fails over from {re.escape(llama_b.url)} after (\d+) tokens",
                                                      caplog.text)]
-            assert continued and all(n > 0 for n in continued), caplog.text[-3000:]  # cut mid-generation
+            # replies cut mid-generation continued from their ids (requests the dead upstream had not
+            # begun yet fail over "after 0 tokens": the same path, from the prompt ids alone)
+            assert any(n > 0 for n in continued), caplog.text[-3000:]
             print(f"{len(continued)} replies continued on the survivor after {continued} tokens")
             assert wait_for(lambda: service.gate.snapshot().running == 0, 10), "a slot leaked"
             assert _slots_busy(llama_a) == 0, "the survivor still works on a request nobody reads"
